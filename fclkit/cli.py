@@ -1,0 +1,198 @@
+"""The ``fclkit`` command line: a thin layer over the Python API.
+
+Known errors print one line (and a hint); the traceback appears only with
+``--debug`` (or ``FCLKIT_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .config import field_help
+from .errors import FclkitError
+
+app = typer.Typer(
+    name="fclkit",
+    help="Federated Continual Learning with large-small model collaboration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug or os.environ.get("FCLKIT_DEBUG"):
+        raise exc
+    err = _console(stderr=True)
+    err.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+    hint = getattr(exc, "hint", None)
+    if hint:
+        err.print(f"[dim]hint: {hint}[/dim]", soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def _help(field: str) -> str:
+    return field_help(field)
+
+
+OptList = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE")]
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML file with the experiment (flags override it)")] = None,
+    cl: Annotated[str | None, typer.Option(help=_help("cl"))] = None,
+    fusion: Annotated[str | None, typer.Option(help=_help("fusion"))] = None,
+    client_models: Annotated[str | None, typer.Option(
+        "--client-models", help=_help("client_models"))] = None,
+    fm: Annotated[str | None, typer.Option(help=_help("fm"))] = None,
+    benchmark: Annotated[str | None, typer.Option(help=_help("benchmark"))] = None,
+    engine: Annotated[str | None, typer.Option(help=_help("engine"))] = None,
+    clients: Annotated[int | None, typer.Option(help=_help("clients"))] = None,
+    tasks: Annotated[int | None, typer.Option(help=_help("tasks"))] = None,
+    rounds: Annotated[int | None, typer.Option(help=_help("rounds"))] = None,
+    epochs: Annotated[int | None, typer.Option(help=_help("epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_help("batch_size"))] = None,
+    lr: Annotated[float | None, typer.Option(help=_help("lr"))] = None,
+    partition: Annotated[str | None, typer.Option(help=_help("partition"))] = None,
+    dirichlet_alpha: Annotated[float | None, typer.Option(help=_help("dirichlet_alpha"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_help("seed"))] = None,
+    device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
+    name: Annotated[str | None, typer.Option(help=_help("name"))] = None,
+    cl_opt: OptList = None,
+    fusion_opt: OptList = None,
+    model_opt: OptList = None,
+    fm_opt: OptList = None,
+    benchmark_opt: OptList = None,
+    engine_opt: OptList = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    debug: Annotated[bool, typer.Option(help="show tracebacks of errors")] = False,
+) -> None:
+    """Run an experiment (offline default: digits, 3 clients, 5 tasks).
+
+    Component options: --cl-opt ewc_lambda=100 (repeatable), likewise --fusion-opt,
+    --model-opt, --fm-opt, --benchmark-opt, --engine-opt.
+    """
+    from .config import load_config, parse_option_pairs
+
+    try:
+        overrides: dict[str, Any] = {
+            "cl": cl, "fusion": fusion, "client_models": client_models, "fm": fm,
+            "benchmark": benchmark, "engine": engine, "clients": clients, "tasks": tasks,
+            "rounds": rounds, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "partition": partition, "dirichlet_alpha": dirichlet_alpha, "seed": seed,
+            "device": device, "output": str(output) if output is not None else None,
+            "name": name,
+        }
+        for table, pairs, flag in (
+            ("cl_options", cl_opt, "--cl-opt"), ("fusion_options", fusion_opt, "--fusion-opt"),
+            ("model_options", model_opt, "--model-opt"), ("fm_options", fm_opt, "--fm-opt"),
+            ("benchmark_options", benchmark_opt, "--benchmark-opt"),
+            ("engine_options", engine_opt, "--engine-opt"),
+        ):
+            if pairs:
+                overrides[table] = parse_option_pairs(pairs, flag)
+        cfg = load_config(config, overrides)
+        from .progress import Reporter, RichReporter
+        from .runtime.experiment import run as run_experiment
+
+        reporter = Reporter() if quiet else RichReporter()
+        result = run_experiment(cfg, reporter=reporter)
+    except FclkitError as exc:
+        _fail(exc, debug)
+        return
+    except KeyboardInterrupt:
+        _console(stderr=True).print("[yellow]interrupted[/yellow]: partial results were kept")
+        raise typer.Exit(code=130) from None
+    from .summary import print_summary
+
+    print_summary(result.metrics, result.run_dir, console=_console())
+
+
+@app.command()
+def plugins(
+    options: Annotated[bool, typer.Option(
+        "--options", help="also list every component's options")] = False,
+) -> None:
+    """List every installed component by kind, with the plugin that provides it."""
+    from rich.table import Table
+
+    from .config import options_help
+    from .plugins import build_registry
+
+    registry = build_registry()
+    console = _console()
+    table = Table(title="fclkit components", title_justify="left")
+    for col in ("kind", "name", "plugin", "distribution", "description"):
+        table.add_column(col)
+    for e in registry.all():
+        dist = f"{e.distribution} {e.version}" if e.distribution else "-"
+        table.add_row(e.kind.replace("_", " "), e.name, e.plugin, dist,
+                      getattr(e.cls, "description", ""))
+    console.print(table)
+    if options:
+        for e in registry.all():
+            rows = options_help(e.cls.Options)
+            if not rows:
+                continue
+            opt = Table(title=f"{e.kind.replace('_', ' ')} {e.name}: options",
+                        title_justify="left")
+            for col in ("option", "default", "help"):
+                opt.add_column(col)
+            for key, default, text in rows:
+                opt.add_row(key, repr(default), text)
+            console.print(opt)
+    for b in registry.broken:
+        console.print(f"[red]broken plugin[/red] {b.plugin!r}"
+                      f"{f' ({b.distribution})' if b.distribution else ''}: {b.error}")
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="where to write the config")] = Path("exp.toml"),
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented example TOML configuration (every field, with its help)."""
+    from .config import commented_toml
+
+    if path.exists() and not force:
+        _fail(FclkitError(f"{path} already exists", hint="pass --force to overwrite it"),
+              False)
+    path.write_text(commented_toml(), encoding="utf-8")
+    _console().print(f"wrote {path}; run it with: fclkit run --config {path}")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"fclkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version_callback, is_eager=True, help="print the version")] = False,
+) -> None:
+    """Federated Continual Learning with large-small model collaboration."""
+
+
+def main() -> None:
+    app(prog_name="fclkit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The interfaces a researcher subclasses and a plugin registers.
+
+Each interface is a small abstract base class. Every component has a ``name``
+(lowercase, unique within its kind) and an ``Options`` class: a frozen
+``attrs`` class whose fields (each with a ``help`` text in its metadata) are the
+component's hyperparameters, settable from TOML (``[cl_options]``) and from the
+CLI (``--cl-opt key=value``).
+
+When does the runtime call what? For every task ``t`` and round ``r``::
+
+    client k: Download -> ContinualStrategy.train_round(...) -> Upload
+    server:   KnowledgeFusion.fuse(round_info, uploads, failures) -> FusionResult
+    after the last round of a task: the core evaluates every model on every task
+
+A component never computes metrics: the core does, from the models' predictions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from .messages import Failure, FusionResult, RoundInfo, Upload
+
+if TYPE_CHECKING:
+    import torch
+
+    from .stream import FederatedStream, InputSpec, PublicSet, TaskData
+
+
+@attrs.frozen
+class NoOptions:
+    """Options of a component that has none."""
+
+
+class Component(ABC):
+    """What every registered component has: a name, a description and its options."""
+
+    #: Unique lowercase name within its kind (``ewc``, ``fedavg``, ``mlp``, ...).
+    name: ClassVar[str]
+    #: One line shown by ``fclkit plugins``.
+    description: ClassVar[str] = ""
+    #: Frozen attrs class of hyperparameters; every field has ``metadata={"help": ...}``.
+    Options: ClassVar[type] = NoOptions
+
+
+#: An extra loss term added to a strategy's own loss: ``term(x, y, logits) -> scalar``.
+ExtraLoss = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+@attrs.frozen
+class TrainContext:
+    """Everything a strategy needs to know besides its model (fixed for a run)."""
+
+    device: str
+    seed: int
+    num_classes: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+
+
+@attrs.frozen
+class TrainReport:
+    """What a strategy reports after a round of training."""
+
+    num_examples: int
+    loss: float = float("nan")
+    steps: int = 0
+
+
+class ContinualStrategy(Component):
+    """Trains one client's small model on its task stream without temporal forgetting.
+
+    One instance lives as long as its client. The runtime constructs it once
+    with the client's small model (a ``torch.nn.Module`` it trains in place:
+    when the server sends new small-model weights, the client loads them into
+    that same module) and then, for every task and round, calls
+    :meth:`train_round`. Whatever the strategy keeps between rounds and tasks
+    (importances, previous model, replay buffer, ...) must be returned by
+    :meth:`state_dict` and restored by :meth:`load_state_dict`, so that a client
+    rebuilt from its state continues exactly as an uninterrupted one.
+    """
+
+    def __init__(self, model: torch.nn.Module, options: Any, context: TrainContext) -> None:
+        self.model = model
+        self.options = options
+        self.context = context
+
+    @abstractmethod
+    def train_round(
+        self,
+        task: TaskData,
+        *,
+        round_info: RoundInfo,
+        epochs: int,
+        extra_losses: Sequence[ExtraLoss] = (),
+    ) -> TrainReport:
+        """Train ``self.model`` on ``task`` for ``epochs`` local epochs.
+
+        Called by the client once per federated round. ``round_info.round == 0``
+        marks the first round of a new task; ``round_info.is_last_round`` the
+        last one, after which the strategy consolidates what it keeps against
+        forgetting (EWC importances, LwF's previous model, replay memory, ...).
+        Each of ``extra_losses`` (e.g. the foundation model's guidance) is added
+        to the loss of every mini-batch of the current task's data.
+        """
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy keeps between rounds, as tensors and JSON-able values.
+
+        Called by the runtime when it checkpoints a client or moves it between
+        processes. The small model's own weights are saved by the client, not here.
+        """
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (into a freshly built strategy)."""
+
+
+class ClientModel(Component):
+    """Builds a small model (a ``torch.nn.Module`` returning logits) for a client."""
+
+    #: Modalities this architecture can take (``InputSpec.modality``).
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def build(self, input_spec: InputSpec, num_classes: int) -> torch.nn.Module:
+        """Return a new model for inputs of ``input_spec`` with ``num_classes`` outputs.
+
+        Called once per client at the start of a run (under a fixed seed, so
+        clients with the same architecture start from identical weights).
+        """
+
+
+class FoundationModel(Component):
+    """A large pretrained model: a frozen backbone plus a small trainable part.
+
+    One instance is loaded per process and shared: the runtime swaps the
+    trainable part of each client in and out with :meth:`trainable_state` and
+    :meth:`load_trainable_state`.
+    """
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def setup(self, input_spec: InputSpec, num_classes: int, device: str) -> None:
+        """Load the backbone and build the trainable part. Called once per process."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the current trainable part on ``x`` (differentiable w.r.t. it)."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters fusion may train (head, LoRA adapters, ...)."""
+
+    @abstractmethod
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the trainable part's tensors (what travels in a Download)."""
+
+    @abstractmethod
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Swap in a client's (or the global) trainable part."""
+
+
+@attrs.frozen(eq=False)
+class FusionContext:
+    """What the server knows when a fusion is set up (called once per run)."""
+
+    client_ids: tuple[int, ...]
+    architectures: Mapping[int, str]
+    num_classes: int
+    device: str
+    seed: int
+    foundation_model: FoundationModel | None
+    public: PublicSet | None
+    #: Builds a fresh small model of an architecture name (to host uploaded weights).
+    build_small_model: Callable[[str], torch.nn.Module]
+
+
+class KnowledgeFusion(Component):
+    """Turns the clients' uploads into what each client downloads (server side)."""
+
+    #: True when every client must use the same small-model architecture.
+    requires_homogeneous_models: ClassVar[bool] = False
+    #: True when the fusion needs a foundation model (``--fm`` other than ``none``).
+    requires_foundation_model: ClassVar[bool] = False
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def setup(self, context: FusionContext) -> None:
+        """Called once before the first round with what the server knows."""
+        self.context = context
+
+    @abstractmethod
+    def fuse(
+        self, round_info: RoundInfo, uploads: Sequence[Upload], failures: Sequence[Failure]
+    ) -> FusionResult:
+        """Fuse one round's uploads; called by the server after every round.
+
+        ``failures`` lists the clients that did not answer this round; a fusion
+        must work with whichever uploads arrived. Clients absent from the result's
+        ``downloads`` keep what they have.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state to checkpoint (tensors and JSON-able values)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+@attrs.frozen
+class StreamSpec:
+    """How the run asks a benchmark to cut its data into a federated stream."""
+
+    num_clients: int
+    num_tasks: int
+    seed: int
+    partition: str  # "iid" or "dirichlet"
+    dirichlet_alpha: float
+    public_fraction: float
+
+
+class Benchmark(Component):
+    """Yields per-client task streams, their test splits and the server's public set."""
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def build(self, spec: StreamSpec) -> FederatedStream:
+        """Return the stream for ``spec``. Called once per run, before any training.
+
+        Raise :class:`fclkit.errors.BenchmarkUnavailableError` (at once, never a
+        hang) when the data cannot be obtained, and
+        :class:`fclkit.errors.ConfigError` when ``spec`` asks for what the data
+        cannot give (e.g. more tasks than classes).
+        """
+
+
+#: The component kinds, in the order ``fclkit plugins`` shows them.
+COMPONENT_KINDS: dict[str, type[Component]] = {
+    "strategy": ContinualStrategy,
+    "fusion": KnowledgeFusion,
+    "client_model": ClientModel,
+    "foundation_model": FoundationModel,
+    "benchmark": Benchmark,
+}
+
+
+class ClientExecutor(ABC):
+    """Runs the clients' side of a round somewhere (in-process, on Flower nodes, ...)."""
+
+    @abstractmethod
+    def fit(
+        self, round_info: RoundInfo, downloads: Mapping[int, Any]
+    ) -> tuple[list[Upload], list[Failure]]:
+        """Have every client apply its Download (or ``None``), train, and upload.
+
+        Returns the uploads that arrived, ordered by client id, and the failures.
+        """
+
+    @abstractmethod
+    def evaluate(
+        self,
+        task_index: int,
+        downloads: Mapping[int, Any],
+        global_fm_state: Mapping[str, Any] | None,
+    ) -> dict[int, dict[str, list[float]]]:
+        """Apply the last fusion's downloads, then evaluate every client.
+
+        Returns, per client and per evaluated model (``small``, ``fm``,
+        ``fm_global``), the accuracy on every task of the stream. Called by the
+        core after the last round of every task, and once before the first task
+        (``task_index == -1``, no downloads) for forward transfer.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources at the end of a run."""
+
+
+class Engine(Component):
+    """Where the clients run. ``local`` runs them in-process; others distribute them."""
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def run(self, experiment: Any) -> None:
+        """Drive ``experiment.run_loop(executor)`` with this engine's executor.
+
+        ``experiment`` is a :class:`fclkit.runtime.Experiment`; it knows how to
+        build any client from its id (``experiment.build_client(cid)``) so an
+        engine that runs clients in other processes can rebuild them there.
+        """
+
+
+COMPONENT_KINDS["engine"] = Engine

@@ -1,0 +1,115 @@
+"""Continual-learning metrics from an accuracy matrix (computed by the core, not by plugins).
+
+``R[i][j]`` is the accuracy on task ``j`` after training task ``i`` (0-based,
+``T`` tasks, so ``R`` is ``T x T``; entries with ``j > i`` are tasks not yet
+trained). ``b[j]`` is the accuracy on task ``j`` of the model before any
+training (used by forward transfer). With ``T`` tasks:
+
+* average accuracy      ``ACC = 1/T * sum_j R[T-1][j]``
+* accuracy curve        ``A_i = 1/(i+1) * sum_{j<=i} R[i][j]`` (after each task)
+* average incremental accuracy ``1/T * sum_i A_i``
+* average forgetting    ``F = 1/(T-1) * sum_{j<T-1} max_{j<=l<T-1} R[l][j] - R[T-1][j]``
+  (Chaudhry et al., 2018)
+* backward transfer     ``BWT = 1/(T-1) * sum_{j<T-1} R[T-1][j] - R[j][j]``
+  (Lopez-Paz & Ranzato, 2017)
+* forward transfer      ``FWT = 1/(T-1) * sum_{j>=1} R[j-1][j] - b[j]`` (ibid.)
+
+Metrics that need two tasks are ``None`` for a one-task run. Accuracies are
+fractions in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Matrix = Sequence[Sequence[float]]
+
+
+def _check(R: Matrix) -> int:
+    T = len(R)
+    if T == 0 or any(len(row) != T for row in R):
+        raise ValueError(f"accuracy matrix must be square and non-empty, got {len(R)} rows")
+    return T
+
+
+def average_accuracy(R: Matrix) -> float:
+    T = _check(R)
+    return sum(R[T - 1]) / T
+
+
+def accuracy_curve(R: Matrix) -> list[float]:
+    T = _check(R)
+    return [sum(R[i][: i + 1]) / (i + 1) for i in range(T)]
+
+
+def average_incremental_accuracy(R: Matrix) -> float:
+    curve = accuracy_curve(R)
+    return sum(curve) / len(curve)
+
+
+def forgetting_per_task(R: Matrix) -> list[float]:
+    T = _check(R)
+    return [max(R[step][j] for step in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)]
+
+
+def average_forgetting(R: Matrix) -> float | None:
+    f = forgetting_per_task(R)
+    return sum(f) / len(f) if f else None
+
+
+def backward_transfer(R: Matrix) -> float | None:
+    T = _check(R)
+    if T < 2:
+        return None
+    return sum(R[T - 1][j] - R[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def forward_transfer(R: Matrix, initial: Sequence[float] | None) -> float | None:
+    T = _check(R)
+    if T < 2 or initial is None:
+        return None
+    if len(initial) != T:
+        raise ValueError(f"initial accuracies must have {T} entries, got {len(initial)}")
+    return sum(R[j - 1][j] - initial[j] for j in range(1, T)) / (T - 1)
+
+
+def summarize(R: Matrix, initial: Sequence[float] | None = None) -> dict:
+    """Every metric of one accuracy matrix, as a JSON-able dict."""
+    return {
+        "accuracy_matrix": [list(map(float, row)) for row in R],
+        "initial_accuracy": list(map(float, initial)) if initial is not None else None,
+        "average_accuracy": average_accuracy(R),
+        "accuracy_curve": accuracy_curve(R),
+        "average_incremental_accuracy": average_incremental_accuracy(R),
+        "forgetting_per_task": forgetting_per_task(R),
+        "average_forgetting": average_forgetting(R),
+        "backward_transfer": backward_transfer(R),
+        "forward_transfer": forward_transfer(R, initial),
+    }
+
+
+def mean_matrix(matrices: Sequence[Matrix]) -> list[list[float]]:
+    """Element-wise mean of equally shaped matrices."""
+    n = len(matrices)
+    T = len(matrices[0])
+    return [[sum(m[i][j] for m in matrices) / n for j in range(T)] for i in range(T)]
+
+
+def mean_of(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+SCALARS = ("average_accuracy", "average_incremental_accuracy", "average_forgetting",
+           "backward_transfer", "forward_transfer")
+
+
+def across_clients(per_client: Sequence[dict]) -> dict:
+    """Mean over clients of each scalar metric, plus the mean accuracy matrix."""
+    out: dict = {key: mean_of([c[key] for c in per_client]) for key in SCALARS}
+    out["accuracy_matrix"] = mean_matrix([c["accuracy_matrix"] for c in per_client])
+    out["accuracy_curve"] = [mean_of(v) for v in zip(*(c["accuracy_curve"] for c in per_client),
+                                                      strict=True)]
+    out["clients"] = len(per_client)
+    return out

@@ -1,0 +1,230 @@
+"""The plugin manager and the registry of components it fills.
+
+Every plugin -- fclkit's built-ins included -- is found through the
+``fclkit`` entry-point group and registered the same way. A fresh manager is
+built per run (and per test): nothing is loaded at import time.
+
+``FCLKIT_LOAD_PLUGINS`` limits third-party plugins (built-ins of the ``fclkit``
+distribution always load):
+
+* unset: every installed plugin loads;
+* empty string: no third-party plugin loads;
+* ``"fclkit-plugin-x,other"``: only these distributions (or entry-point names) load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import DuplicateComponentError, PluginError, UnknownComponentError
+from .interfaces import COMPONENT_KINDS, Component
+
+ENTRY_POINT_GROUP = "fclkit"
+LOAD_PLUGINS_ENV = "FCLKIT_LOAD_PLUGINS"
+HOST_DISTRIBUTION = "fclkit"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+@attrs.frozen
+class Registered:
+    """A component class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+@attrs.frozen
+class BrokenPlugin:
+    """A plugin that could not be loaded, and why."""
+
+    plugin: str
+    distribution: str | None
+    error: str
+
+
+@attrs.define
+class Registry:
+    """Components by kind and name, plus the plugins that failed to load."""
+
+    components: dict[str, dict[str, Registered]] = attrs.field(
+        factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+    )
+    broken: list[BrokenPlugin] = attrs.field(factory=list)
+    plugins: dict[str, str | None] = attrs.field(factory=dict)  # plugin -> version
+
+    def add(self, cls: type, *, plugin: str, distribution: str | None = None,
+            version: str | None = None, expected_kind: str | None = None) -> Registered:
+        """Validate and add ``cls``; refuse wrong types, bad names and duplicates."""
+        kind = _kind_of(cls, plugin)
+        if expected_kind is not None and kind != expected_kind:
+            hook = {v: k for k, v in hookspecs.REGISTRATION_HOOKS.items()}
+            raise PluginError(
+                f"plugin {plugin!r} registers {cls.__qualname__} (a {kind.replace('_', ' ')}) "
+                f"through {hook[expected_kind]}; register it through {hook[kind]}")
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise PluginError(
+                f"plugin {plugin!r} registers {cls.__qualname__} with invalid name {name!r}",
+                hint="a component needs a class attribute `name`: lowercase letters, "
+                "digits, '-' or '_', starting with a letter",
+            )
+        existing = self.components[kind].get(name)
+        if existing is not None and existing.cls is not cls:
+            raise DuplicateComponentError(
+                f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
+                f"({existing.cls.__module__}.{existing.cls.__qualname__}) and by plugin "
+                f"{plugin!r} ({cls.__module__}.{cls.__qualname__})",
+                hint="uninstall one of the two plugins, or rename one component",
+            )
+        entry = Registered(kind, name, cls, plugin, distribution, version)
+        self.components[kind][name] = entry
+        return entry
+
+    def get(self, kind: str, name: str) -> Registered:
+        """The component ``name`` of ``kind``, or an error listing what is available."""
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            raise UnknownComponentError(
+                kind.replace("_", " "), name, self.components[kind]
+            ) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def all(self) -> Iterable[Registered]:
+        for kind in COMPONENT_KINDS:
+            yield from (self.components[kind][n] for n in sorted(self.components[kind]))
+
+
+def _kind_of(cls: Any, plugin: str) -> str:
+    if isinstance(cls, type):
+        for kind, base in COMPONENT_KINDS.items():
+            if issubclass(cls, base):
+                return kind
+    bases = ", ".join(b.__name__ for b in COMPONENT_KINDS.values())
+    raise PluginError(
+        f"plugin {plugin!r} registers {cls!r}, which is not a subclass of one of: {bases}",
+    )
+
+
+def _allowed_third_party() -> set[str] | None:
+    """None: everything; otherwise the allow-listed distribution / entry-point names."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {part.strip().lower() for part in value.split(",") if part.strip()}
+
+
+def _canonical(name: str | None) -> str:
+    return re.sub(r"[-_.]+", "-", name or "").lower()
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def build_registry(
+    extra_plugins: Iterable[Any] = (),
+    *,
+    load_entry_points: bool = True,
+) -> Registry:
+    """Load plugins and collect every component they register.
+
+    :param extra_plugins: plugin objects/modules to register besides the entry
+        points (e.g. a test plugin, or research code's own module).
+    :param load_entry_points: False to load nothing from the ``fclkit`` group.
+    """
+    pm = new_plugin_manager()
+    registry = Registry()
+    sources: list[tuple[Any, str, str | None, str | None]] = []
+
+    if load_entry_points:
+        allowed = _allowed_third_party()
+        dists = sorted(
+            metadata.distributions(),
+            key=lambda d: (_canonical(d.metadata["Name"]) != HOST_DISTRIBUTION,
+                           _canonical(d.metadata["Name"])),
+        )
+        seen: set[tuple[str, str]] = set()
+        for dist in dists:
+            dist_name = dist.metadata["Name"]
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP or (dist_name, ep.name) in seen:
+                    continue
+                seen.add((dist_name, ep.name))
+                builtin = _canonical(dist_name) == HOST_DISTRIBUTION
+                if not builtin and allowed is not None and not (
+                    _canonical(dist_name) in {_canonical(a) for a in allowed}
+                    or ep.name.lower() in allowed
+                ):
+                    continue
+                try:
+                    module = ep.load()
+                except Exception as exc:  # a broken plugin must not take the host down
+                    registry.broken.append(BrokenPlugin(
+                        ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}"))
+                    continue
+                sources.append((module, ep.name, dist_name, dist.version))
+
+    for obj in extra_plugins:
+        name = getattr(obj, "__name__", None) or type(obj).__name__
+        sources.append((obj, name, None, None))
+
+    for obj, name, dist_name, version in sources:
+        if pm.is_registered(obj) or pm.has_plugin(name):
+            continue
+        try:
+            pm.register(obj, name=name)
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if pm.is_registered(obj):
+                pm.unregister(obj)
+            registry.broken.append(BrokenPlugin(name, dist_name, _explain_validation(exc)))
+            continue
+        registry.plugins[name] = version
+        for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+            impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is obj]
+            for impl in impls:
+                collected: list[type] = []
+                try:
+                    impl.function(register=collected.append)
+                except Exception as exc:
+                    registry.broken.append(BrokenPlugin(
+                        name, dist_name, f"{hook_name} raised {type(exc).__name__}: {exc}"))
+                    continue
+                for cls in collected:
+                    try:
+                        registry.add(cls, plugin=name, distribution=dist_name, version=version,
+                                     expected_kind=kind)
+                    except PluginError as exc:  # refused: reported by name, rest keeps working
+                        registry.broken.append(BrokenPlugin(name, dist_name, str(exc)))
+    return registry
+
+
+def _explain_validation(exc: pluggy.PluginValidationError) -> str:
+    known = ", ".join(hookspecs.REGISTRATION_HOOKS)
+    return f"{exc} (fclkit hooks are: {known})"
+
+
+def components_from_classes(registry: Registry, classes: Iterable[type],
+                            plugin: str = "python-api") -> None:
+    """Register component classes given directly by research code (no packaging)."""
+    for cls in classes:
+        if not isinstance(cls, type) or not issubclass(cls, Component):
+            raise PluginError(f"{cls!r} is not a fclkit component class")
+        registry.add(cls, plugin=plugin)

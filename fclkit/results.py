@@ -1,0 +1,128 @@
+"""The results folder of a run.
+
+``RUN_DIR/``
+  ``config.toml``   the resolved configuration (rerun with ``fclkit run --config``)
+  ``run.json``      status, seed, versions of fclkit and of every plugin used, times
+  ``metrics.json``  every metric (schema in ``docs/results-format.md``)
+  ``rounds.csv``    one row per task, round and client
+
+Every file is written atomically (temporary file + rename), so an interrupted
+write never leaves a corrupt file. A run that stops early still writes what it
+had (``metrics.json`` with ``"complete": false``) and the error in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig, dump_toml
+from .serialization import atomic_write_text
+
+ROUND_COLUMNS = ["task", "round", "client", "status", "architecture", "num_examples",
+                 "train_loss", "train_seconds", "bytes_up", "bytes_down",
+                 "bytes_down_received", "fusion_seconds"]
+
+
+def create_run_dir(config: ExperimentConfig) -> Path:
+    base = Path(config.output)
+    name = config.name or (
+        f"{time.strftime('%Y%m%d-%H%M%S')}-{config.cl}-{config.fusion}-s{config.seed}")
+    run_dir = base / name
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = base / f"{name}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("fclkit", "torch", "avalanche-lib", "transformers", "peft", "flwr"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_start(run_dir: Path, config: ExperimentConfig, used: Iterable[Any]) -> None:
+    atomic_write_text(run_dir / "config.toml", dump_toml(config))
+    write_json(run_dir / "run.json", {
+        "status": "running",
+        "seed": config.seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "versions": _versions(),
+        "components": [{"kind": e.kind, "name": e.name, "plugin": e.plugin,
+                        "distribution": e.distribution, "version": e.version}
+                       for e in used],
+    })
+
+
+def _update_run_json(run_dir: Path, **changes: Any) -> None:
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(changes)
+    data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(path, data)
+
+
+def write_rounds_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ROUND_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in ROUND_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_end(run_dir: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    metrics = {**metrics, "complete": True}
+    write_json(run_dir / "metrics.json", metrics)
+    write_rounds_csv(run_dir / "rounds.csv", rows)
+    _update_run_json(run_dir, status="finished")
+
+
+def write_failure(run_dir: Path, partial: dict[str, Any], rows: list[dict[str, Any]],
+                  exc: BaseException) -> None:
+    write_json(run_dir / "metrics.json", partial)
+    write_rounds_csv(run_dir / "rounds.csv", rows)
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    _update_run_json(run_dir, status=status, error=f"{type(exc).__name__}: {exc}")
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        from .errors import FclkitError
+
+        raise FclkitError(f"{path} does not exist: is {run_dir} a fclkit results folder?"
+                          ) from None

@@ -1,0 +1,128 @@
+"""A client: its private task stream, its small model, its strategy, its view of the FM."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..interfaces import ContinualStrategy, FoundationModel
+from ..messages import Download, RoundInfo, Upload
+from ..stream import ClientStream
+from .seeding import derive_seed
+
+EVAL_BATCH = 512
+
+
+def accuracy(forward: Any, x: Any, y: Any) -> float:
+    """Top-1 accuracy of ``forward`` (a callable returning logits) on ``x, y``."""
+    import torch
+
+    if len(y) == 0:
+        return float("nan")
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(y), EVAL_BATCH):
+            logits = forward(x[start:start + EVAL_BATCH])
+            correct += int((logits.argmax(dim=1).cpu() == y[start:start + EVAL_BATCH]).sum())
+    return correct / len(y)
+
+
+class Client:
+    """Everything one client holds. All of it can be saved with :meth:`state_dict`."""
+
+    def __init__(self, client_id: int, stream: ClientStream, architecture: str,
+                 model: Any, strategy: ContinualStrategy, *, epochs: int, seed: int,
+                 device: str, foundation_model: FoundationModel | None = None,
+                 fm_state: Mapping[str, Any] | None = None) -> None:
+        self.client_id = client_id
+        self.stream = stream
+        self.architecture = architecture
+        self.model = model
+        self.strategy = strategy
+        self.epochs = epochs
+        self.seed = seed
+        self.device = device
+        self.foundation_model = foundation_model
+        self.fm_state = dict(fm_state) if fm_state is not None else None
+        self.classes_seen: set[int] = set()
+
+    # ------------------------------------------------------------ messages
+
+    def apply(self, download: Download | None) -> None:
+        """Load what the server sent (weights are copied into the live modules)."""
+        if download is None:
+            return
+        if download.small_state is not None:
+            self.model.load_state_dict(download.small_state)
+        if download.fm_state is not None:
+            self.fm_state = dict(download.fm_state)
+
+    def fit(self, round_info: RoundInfo, download: Download | None) -> Upload:
+        """Apply ``download``, train one round on the current task, return the upload."""
+        import torch
+
+        self.apply(download)
+        task = self.stream.tasks[round_info.task]
+        torch.manual_seed(derive_seed(self.seed, "fit", self.client_id, round_info.task,
+                                      round_info.round))
+        started = time.perf_counter()
+        report = self.strategy.train_round(task, round_info=round_info, epochs=self.epochs,
+                                           extra_losses=self.extra_losses(task))
+        seconds = time.perf_counter() - started
+        self.classes_seen.update(task.classes)
+        return Upload(
+            client_id=self.client_id, architecture=self.architecture,
+            classes_seen=tuple(sorted(self.classes_seen)), num_examples=report.num_examples,
+            small_state={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            metadata={"task": round_info.task, "round": round_info.round,
+                      "train_loss": report.loss, "steps": report.steps,
+                      "train_seconds": seconds})
+
+    def extra_losses(self, task: Any) -> list:
+        """Loss terms added to the strategy's loss (the FM guidance plugs in here)."""
+        return []
+
+    # ---------------------------------------------------------- evaluation
+
+    def evaluate(self, global_fm_state: Mapping[str, Any] | None) -> dict[str, list[float]]:
+        """Accuracy of every model this client can evaluate, on every task of its stream."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = {"small": [self._acc(self._small_forward, t) for t in self.stream.tasks]}
+        finally:
+            self.model.train(was_training)
+        fm = self.foundation_model
+        if fm is not None:
+            if self.fm_state is not None:
+                fm.load_trainable_state(self.fm_state)
+                out["fm"] = [self._acc(fm.forward, t) for t in self.stream.tasks]
+            if global_fm_state is not None:
+                fm.load_trainable_state(global_fm_state)
+                out["fm_global"] = [self._acc(fm.forward, t) for t in self.stream.tasks]
+        return out
+
+    def _small_forward(self, x: Any) -> Any:
+        return self.model(x.to(self.device))
+
+    @staticmethod
+    def _acc(forward: Any, task: Any) -> float:
+        return accuracy(forward, task.x_test, task.y_test)
+
+    # ------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this client elsewhere (model, strategy, FM part)."""
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "strategy": self.strategy.state_dict(),
+            "fm_state": self.fm_state,
+            "classes_seen": sorted(self.classes_seen),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.fm_state = dict(state["fm_state"]) if state.get("fm_state") is not None else None
+        self.classes_seen = set(state.get("classes_seen", []))

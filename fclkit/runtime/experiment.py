@@ -1,0 +1,372 @@
+"""One experiment: resolve components, build clients and server, run the task/round loop.
+
+The loop (:meth:`Experiment.run_loop`) is the same for every engine; an engine
+only decides *where* clients run, through a :class:`~fclkit.interfaces.ClientExecutor`::
+
+    evaluate every client before training (for forward transfer)
+    for each task t:
+        for each round r:
+            clients: apply last download, train round r of task t, upload
+            server:  fusion -> downloads (+ global FM state)
+        clients: apply the last downloads, evaluate every model on every task
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..config import ExperimentConfig, build_options
+from ..errors import ConfigError, FclkitError, IncompatibleComponentsError
+from ..interfaces import FusionContext, StreamSpec, TrainContext
+from ..messages import RoundInfo
+from ..metrics import across_clients, summarize
+from ..plugins import Registered, Registry, build_registry, components_from_classes
+from ..progress import Reporter
+from .client import Client
+from .seeding import derive_seed, seed_everything
+from .server import Server
+
+
+@attrs.define
+class RunResult:
+    """What :func:`run` returns: the configuration, the results folder and the metrics."""
+
+    config: ExperimentConfig
+    run_dir: Path | None
+    metrics: dict[str, Any]
+
+    def accuracy_matrix(self, model: str = "small", client: int | None = None
+                        ) -> list[list[float]]:
+        """``R[i][j]`` for one client, or the mean over clients when ``client`` is None."""
+        if client is None:
+            return self.metrics["mean"][model]["accuracy_matrix"]
+        return self.metrics["per_client"][str(client)][model]["accuracy_matrix"]
+
+    def summary(self, model: str = "small") -> dict[str, Any]:
+        return self.metrics["mean"][model]
+
+
+class Experiment:
+    """Resolves a configuration into components and runs it (through an engine)."""
+
+    def __init__(self, config: ExperimentConfig, registry: Registry,
+                 reporter: Reporter | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.reporter = reporter or Reporter()
+        c = config
+        self.strategy = registry.get("strategy", c.cl)
+        self.fusion_entry = registry.get("fusion", c.fusion)
+        self.benchmark_entry = registry.get("benchmark", c.benchmark)
+        self.engine_entry = registry.get("engine", c.engine)
+        self.fm_entry = None if c.fm == "none" else registry.get("foundation_model", c.fm)
+        self.model_entries = {n: registry.get("client_model", n) for n in c.client_models}
+        self.architectures = {k: c.client_models[k % len(c.client_models)]
+                              for k in range(c.clients)}
+
+        self.strategy_options = build_options(
+            self.strategy.cls.Options, c.cl_options, component=f"strategy {c.cl!r}",
+            table="cl_options")
+        self.fusion_options = build_options(
+            self.fusion_entry.cls.Options, c.fusion_options, component=f"fusion {c.fusion!r}",
+            table="fusion_options")
+        self.benchmark_options = build_options(
+            self.benchmark_entry.cls.Options, c.benchmark_options,
+            component=f"benchmark {c.benchmark!r}", table="benchmark_options")
+        self.engine_options = build_options(
+            self.engine_entry.cls.Options, c.engine_options, component=f"engine {c.engine!r}",
+            table="engine_options")
+        self.fm_options = None if self.fm_entry is None else build_options(
+            self.fm_entry.cls.Options, c.fm_options, component=f"foundation model {c.fm!r}",
+            table="fm_options")
+        self.model_options = self._model_options(c.model_options)
+        self._check_compatibility()
+
+        self.stream: Any = None
+        self.foundation_model: Any = None
+        self.initial_fm_state: Any = None
+        self.server: Server | None = None
+        self.metrics: dict[str, Any] | None = None
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------ resolving
+
+    def _model_options(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """Flat keys go to every architecture that has them; ``{arch = {...}}`` to one."""
+        per_arch: dict[str, dict[str, Any]] = {name: {} for name in self.model_entries}
+        for key, value in table.items():
+            if key in self.model_entries and isinstance(value, Mapping):
+                per_arch[key].update(value)
+                continue
+            takers = [n for n, e in self.model_entries.items()
+                      if key in {a.name for a in attrs.fields(e.cls.Options)}]
+            if not takers:
+                raise ConfigError(
+                    f"model_options.{key}", value,
+                    "no selected architecture (" + ", ".join(self.model_entries)
+                    + ") has this option", hint="`fclkit plugins --options` lists options")
+            for n in takers:
+                per_arch[n][key] = value
+        return {n: build_options(e.cls.Options, per_arch[n], component=f"client model {n!r}",
+                                 table="model_options")
+                for n, e in self.model_entries.items()}
+
+    def _check_compatibility(self) -> None:
+        c = self.config
+        fusion = self.fusion_entry.cls
+        archs = sorted(set(self.architectures.values()))
+        if fusion.requires_homogeneous_models and len(archs) > 1:
+            hetero = [n for n, e in self.registry.components["fusion"].items()
+                      if not e.cls.requires_homogeneous_models and n != "isolated"]
+            suggestion = ("use --fusion " + " or --fusion ".join(sorted(hetero))
+                          if hetero else "use one architecture for every client")
+            raise IncompatibleComponentsError(
+                f"fusion {c.fusion!r} averages parameters, so every client needs the same "
+                f"small-model architecture, but the clients use {', '.join(archs)}",
+                hint=f"{suggestion} (it fuses heterogeneous small models by distillation)")
+        if fusion.requires_foundation_model and self.fm_entry is None:
+            raise IncompatibleComponentsError(
+                f"fusion {c.fusion!r} needs a foundation model, but fm = 'none'",
+                hint="pass --fm NAME; available: "
+                + (", ".join(self.registry.names("foundation_model")) or "none installed"))
+
+    # ------------------------------------------------------------ building
+
+    def prepare(self) -> None:
+        """Load the data, the foundation model and the fusion (once per process)."""
+        import torch
+
+        c = self.config
+        if c.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device", c.device, "CUDA is not available on this machine",
+                              hint="use --device cpu")
+        started = time.perf_counter()
+        seed_everything(c.seed)
+        self.reporter.phase(f"loading benchmark {c.benchmark}")
+        spec = StreamSpec(num_clients=c.clients, num_tasks=c.tasks, seed=c.seed,
+                          partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
+                          public_fraction=c.public_fraction)
+        self.stream = self.benchmark_entry.cls(self.benchmark_options).build(spec)
+        modality = self.stream.input_spec.modality
+        for name, entry in self.model_entries.items():
+            if modality not in entry.cls.modalities:
+                raise IncompatibleComponentsError(
+                    f"client model {name!r} takes {', '.join(sorted(entry.cls.modalities))} "
+                    f"inputs, but benchmark {c.benchmark!r} gives {modality}",
+                    hint="pick architectures for this modality (`fclkit plugins`)")
+        if self.fm_entry is not None:
+            self.reporter.phase(f"loading foundation model {c.fm}")
+            torch.manual_seed(derive_seed(c.seed, "fm"))
+            self.foundation_model = self.fm_entry.cls(self.fm_options)
+            self.foundation_model.setup(self.stream.input_spec, self.stream.num_classes,
+                                        c.device)
+            self.initial_fm_state = self.foundation_model.trainable_state()
+        fusion = self.fusion_entry.cls(self.fusion_options)
+        torch.manual_seed(derive_seed(c.seed, "fusion"))
+        fusion.setup(FusionContext(
+            client_ids=tuple(range(c.clients)), architectures=dict(self.architectures),
+            num_classes=self.stream.num_classes, device=c.device, seed=c.seed,
+            foundation_model=self.foundation_model, public=self.stream.public,
+            build_small_model=self.build_small_model))
+        self.server = Server(fusion)
+        self.server.global_fm_state = self.initial_fm_state
+        self.timings["setup"] = time.perf_counter() - started
+
+    def build_small_model(self, architecture: str) -> Any:
+        """A fresh small model; same architecture + seed -> identical initial weights."""
+        import torch
+
+        torch.manual_seed(derive_seed(self.config.seed, "model", architecture))
+        entry = self.model_entries[architecture]
+        model = entry.cls(self.model_options[architecture]).build(
+            self.stream.input_spec, self.stream.num_classes)
+        return model.to(self.config.device)
+
+    def build_client(self, client_id: int) -> Client:
+        """Build client ``client_id`` from the configuration alone (any process can)."""
+        c = self.config
+        arch = self.architectures[client_id]
+        model = self.build_small_model(arch)
+        context = TrainContext(device=c.device, seed=c.seed, num_classes=self.stream.num_classes,
+                               batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
+                               momentum=c.momentum, weight_decay=c.weight_decay)
+        strategy = self.strategy.cls(model, self.strategy_options, context)
+        return Client(client_id, self.stream.clients[client_id], arch, model, strategy,
+                      epochs=c.epochs, seed=c.seed, device=c.device,
+                      foundation_model=self.foundation_model, fm_state=self.initial_fm_state)
+
+    def make_engine(self) -> Any:
+        return self.engine_entry.cls(self.engine_options)
+
+    # ---------------------------------------------------------------- loop
+
+    def run_loop(self, executor: Any) -> dict[str, Any]:
+        """Run every task and round through ``executor``; returns (and keeps) the metrics."""
+        if self.server is None:
+            raise RuntimeError("Experiment.prepare() must be called before run_loop()")
+        c = self.config
+        T, R, K = self.stream.num_tasks, c.rounds, c.clients
+        rep = self.reporter
+        timings = self.timings
+        for key in ("client_train", "fusion", "evaluation"):
+            timings.setdefault(key, 0.0)
+        rows: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        self._partial = {"rows": rows, "failures": failures, "evals": []}
+
+        rep.run_started(T, R, K)
+        t0 = time.perf_counter()
+        initial = executor.evaluate(-1, {}, self.server.global_fm_state)
+        timings["evaluation"] += time.perf_counter() - t0
+        evals: list[dict[int, dict[str, list[float]]]] = self._partial["evals"]
+        pending: dict[int, Any] = {}
+        for t in range(T):
+            for r in range(R):
+                info = RoundInfo(task=t, round=r, rounds_per_task=R)
+                rep.round_started(t, r)
+                t0 = time.perf_counter()
+                uploads, fails = executor.fit(info, pending)
+                timings["client_train"] += time.perf_counter() - t0
+                for f in fails:
+                    failures.append({"task": t, "round": r, "client": f.client_id,
+                                     "reason": f.reason})
+                    rep.warn(f"client {f.client_id} failed in task {t + 1} round {r + 1}: "
+                             f"{f.reason}")
+                if not uploads:
+                    raise FclkitError(
+                        f"no client delivered an update in task {t + 1}, round {r + 1}: "
+                        + "; ".join(f"client {f.client_id}: {f.reason}" for f in fails),
+                        hint="rerun with --debug for the traceback",
+                    ) from getattr(executor, "last_error", None)
+                delivered = {cid: pending.get(cid) for cid in range(K)}
+                t0 = time.perf_counter()
+                result = self.server.aggregate(info, uploads, fails)
+                fusion_seconds = time.perf_counter() - t0
+                timings["fusion"] += fusion_seconds
+                by_client = {u.client_id: u for u in uploads}
+                for cid in range(K):
+                    u = by_client.get(cid)
+                    d_in = delivered[cid]
+                    d_out = result.downloads.get(cid)
+                    rows.append({
+                        "task": t, "round": r, "client": cid,
+                        "status": "ok" if u is not None else "failed",
+                        "architecture": self.architectures[cid],
+                        "num_examples": u.num_examples if u else 0,
+                        "train_loss": u.metadata.get("train_loss") if u else None,
+                        "train_seconds": u.metadata.get("train_seconds") if u else None,
+                        "bytes_up": u.nbytes if u else 0,
+                        "bytes_down": d_out.nbytes if d_out is not None else 0,
+                        "bytes_down_received": d_in.nbytes if d_in is not None else 0,
+                        "fusion_seconds": fusion_seconds,
+                    })
+                pending = dict(result.downloads)
+                rep.round_done(t, r)
+            t0 = time.perf_counter()
+            evals.append(executor.evaluate(t, pending, self.server.global_fm_state))
+            timings["evaluation"] += time.perf_counter() - t0
+            pending = {}
+            rep.task_done(t, self._mean_last(evals[-1], t))
+        self.metrics = self._assemble(initial, evals, rows, failures)
+        return self.metrics
+
+    @staticmethod
+    def _mean_last(ev: dict[int, dict[str, list[float]]], t: int) -> dict[str, float]:
+        models = next(iter(ev.values())).keys()
+        return {m: sum(sum(ev[k][m][: t + 1]) / (t + 1) for k in ev) / len(ev) for m in models}
+
+    def _assemble(self, initial: dict, evals: list, rows: list, failures: list) -> dict[str, Any]:
+        K = self.config.clients
+        T = len(evals)
+        models = list(evals[-1][0].keys()) if evals else []
+        per_client: dict[str, dict[str, Any]] = {}
+        for cid in range(K):
+            per_client[str(cid)] = {}
+            for m in models:
+                matrix = [evals[i][cid][m] for i in range(T)]
+                init = initial.get(cid, {}).get(m)
+                per_client[str(cid)][m] = summarize(matrix, init)
+        mean = {m: across_clients([per_client[str(k)][m] for k in range(K)]) for m in models}
+        return {
+            "schema": "fclkit.metrics/1",
+            "accuracy_unit": "fraction of test examples classified correctly (0..1)",
+            "models": models,
+            "tasks": T, "clients": K, "rounds_per_task": self.config.rounds,
+            "class_order": list(self.stream.class_order),
+            "task_classes": [list(t.classes) for t in self.stream.clients[0].tasks],
+            "architectures": {str(k): v for k, v in self.architectures.items()},
+            "mean": mean,
+            "per_client": per_client,
+            "communication": {
+                "bytes_up_total": sum(r["bytes_up"] for r in rows),
+                "bytes_down_total": sum(r["bytes_down"] for r in rows),
+                "per_client_round": [{k: r[k] for k in ("task", "round", "client", "bytes_up",
+                                                        "bytes_down")} for r in rows],
+            },
+            "timings_seconds": dict(self.timings),
+            "failures": failures,
+        }
+
+    def partial_metrics(self) -> dict[str, Any]:
+        """What is known so far (written when a run stops early, so nothing is lost)."""
+        part = getattr(self, "_partial", None) or {"rows": [], "failures": [], "evals": []}
+        return {"schema": "fclkit.metrics/1", "complete": False,
+                "tasks_evaluated": len(part["evals"]), "evaluations": [
+                    {str(k): v for k, v in ev.items()} for ev in part["evals"]],
+                "failures": part["failures"], "timings_seconds": dict(self.timings)}, part["rows"]
+
+
+def run(config: ExperimentConfig, *, registry: Registry | None = None,
+        components: Iterable[type] = (), plugins: Iterable[Any] = (),
+        reporter: Reporter | None = None, write_results: bool = True) -> RunResult:
+    """Run one experiment and (by default) write its results folder.
+
+    :param config: the experiment.
+    :param registry: components to use (default: every installed plugin).
+    :param components: component classes from research code, used by their ``name``
+        without packaging (e.g. ``components=[MyStrategy]`` then ``cl="my-strategy"``).
+    :param plugins: extra plugin modules/objects with ``@fclkit.hookimpl`` functions.
+    :param reporter: progress events (the CLI passes rich progress bars).
+    :param write_results: False to keep everything in memory.
+    """
+    from .. import results
+
+    started = time.perf_counter()
+    if registry is None:
+        registry = build_registry(extra_plugins=plugins)
+    components_from_classes(registry, components)
+    for broken in registry.broken:
+        (reporter or Reporter()).warn(f"plugin {broken.plugin!r} was not loaded: {broken.error}")
+    experiment = Experiment(config, registry, reporter)
+    run_dir = results.create_run_dir(config) if write_results else None
+    used = _used_components(experiment)
+    if run_dir is not None:
+        results.write_start(run_dir, config, used)
+    try:
+        experiment.prepare()
+        experiment.make_engine().run(experiment)
+    except BaseException as exc:
+        if run_dir is not None:
+            partial, rows = experiment.partial_metrics()
+            results.write_failure(run_dir, partial, rows, exc)
+        raise
+    finally:
+        experiment.reporter.close()
+    metrics = experiment.metrics or {}
+    metrics["timings_seconds"]["total"] = time.perf_counter() - started
+    if run_dir is not None:
+        results.write_end(run_dir, metrics, experiment._partial["rows"])
+    return RunResult(config=config, run_dir=run_dir, metrics=metrics)
+
+
+def _used_components(experiment: Experiment) -> list[Registered]:
+    entries = [experiment.strategy, experiment.fusion_entry, experiment.benchmark_entry,
+               experiment.engine_entry, *experiment.model_entries.values()]
+    if experiment.fm_entry is not None:
+        entries.append(experiment.fm_entry)
+    return entries

@@ -1,0 +1,106 @@
+"""Safe serialisation of nested states: tensors in safetensors, the rest in JSON.
+
+A *state* is a nested dict/list whose leaves are tensors or JSON-able values
+(int, float, str, bool, None). Nothing is pickled, so loading a state from an
+untrusted file or client never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import FclkitError
+
+_TENSOR = "__tensor__"
+
+
+def flatten_state(state: Any) -> tuple[Any, dict[str, Any]]:
+    """Split ``state`` into a JSON skeleton and a flat ``{key: tensor}`` dict."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            key = path or "root"
+            tensors[key] = node.detach().cpu().contiguous()
+            return {_TENSOR: key}
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"state keys must be strings, got {k!r} at {path or 'root'}")
+                out[k] = walk(v, f"{path}/{k}" if path else k)
+            return out
+        if isinstance(node, (list, tuple)):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(node)]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(
+            f"state value at {path or 'root'} is a {type(node).__name__}: only tensors and "
+            "JSON values (numbers, strings, lists, dicts) can be saved"
+        )
+
+    return walk(state, ""), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, Any]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {_TENSOR}:
+            return tensors[skeleton[_TENSOR]]
+        return {k: unflatten_state(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that an interrupted write never leaves it half-written."""
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def save_state(state: Any, path: str | Path) -> None:
+    """Write ``state`` to ``path`` (``.safetensors``) and its JSON skeleton beside it."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    skeleton, tensors = flatten_state(state)
+    _atomic_write_bytes(path, save(tensors))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(skeleton))
+
+
+def load_state(path: str | Path) -> Any:
+    """Read a state written by :func:`save_state`; a damaged file is a clear error."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    try:
+        tensors = load(path.read_bytes())
+    except FileNotFoundError:
+        raise FclkitError(f"state file {path} does not exist") from None
+    except Exception as exc:
+        raise FclkitError(
+            f"state file {path} is damaged or not a safetensors file ({exc})",
+            hint="it may be truncated or tampered with; restore it or start a fresh run",
+        ) from None
+    try:
+        skeleton = json.loads(meta.read_text(encoding="utf-8"))
+        return unflatten_state(skeleton, tensors)
+    except FileNotFoundError:
+        raise FclkitError(f"state file {meta} does not exist") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FclkitError(f"state file {meta} is damaged ({exc})") from None

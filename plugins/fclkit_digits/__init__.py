@@ -1,0 +1,51 @@
+"""Built-in benchmark ``digits``: scikit-learn's bundled 8x8 handwritten digits.
+
+1,797 real images of 10 classes that ship inside scikit-learn, so the benchmark
+runs offline. A fixed stratified split (independent of the run's seed) keeps
+``test_fraction`` of every class for testing; the rest is cut into
+class-incremental tasks across clients by :mod:`fclkit.partition`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+import fclkit
+from fclkit.config import float_in, setting
+from fclkit.interfaces import Benchmark, StreamSpec
+from fclkit.stream import FederatedStream, InputSpec
+
+
+class DigitsBenchmark(Benchmark):
+    name = "digits"
+    description = "scikit-learn's 8x8 digits (1,797 real images, 10 classes), offline"
+
+    @attrs.frozen
+    class Options:
+        test_fraction: float = setting(
+            0.2, "fraction of each class kept as the test split",
+            float_in(0.0, 1.0, low_open=True, high_open=True))
+        split_seed: int = setting(
+            0, "seed of the fixed train/test split (independent of the run's seed)")
+
+    def build(self, spec: StreamSpec) -> FederatedStream:
+        import numpy as np
+        import torch
+        from sklearn.datasets import load_digits
+
+        from fclkit.partition import class_incremental_stream, split_public
+
+        data = load_digits()
+        x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        y = np.asarray(data.target, dtype=np.int64)
+        train, test = split_public(y, self.options.test_fraction,
+                                   np.random.default_rng(self.options.split_seed))
+        return class_incremental_stream(
+            x[train], y[train], x[test], y[test], spec,
+            input_spec=InputSpec("image", (1, 8, 8)),
+            class_names=tuple(str(c) for c in range(10)))
+
+
+@fclkit.hookimpl
+def register_benchmarks(register):
+    register(DigitsBenchmark)

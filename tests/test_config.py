@@ -1,0 +1,94 @@
+"""Configuration: validation at construction, TOML loading, overrides, options."""
+
+import attrs
+import pytest
+
+from fclkit import ConfigError, ExperimentConfig, load_config
+from fclkit.config import FIELDS, build_options, commented_toml, parse_option_pairs
+
+
+def test_every_field_has_help():
+    assert all(a.metadata.get("help") for a in FIELDS.values())
+
+
+def test_config_is_frozen_and_evolve_validates():
+    cfg = ExperimentConfig()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.clients = 5
+    assert cfg.evolve(clients=5).clients == 5
+    with pytest.raises(ConfigError, match="clients"):
+        cfg.evolve(clients=0)
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("clients", 0, ">= 1"),
+    ("rounds", -1, ">= 1"),
+    ("lr", 0, "> 0"),
+    ("lr", float("nan"), "> 0"),
+    ("partition", "zipf", "iid, dirichlet"),
+    ("device", "gpu", "cpu"),
+    ("public_fraction", 1.0, "[0.0, 1.0)"),
+    ("clients", True, "integer"),
+])
+def test_bad_values_name_field_value_and_allowed(field, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(**{field: value})
+    msg = str(err.value)
+    assert field in msg and repr(value) in msg and allowed in msg
+    assert "\n" not in msg
+
+
+def test_client_models_accepts_comma_list():
+    assert ExperimentConfig(client_models="mlp, cnn").client_models == ("mlp", "cnn")
+
+
+def test_toml_file_then_flags_override(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('cl = "ewc"\nclients = 4\n[cl_options]\newc_lambda = 5.0\nmode = "online"\n')
+    cfg = load_config(path, {"clients": 2, "cl_options": {"ewc_lambda": 7.0}, "seed": None})
+    assert cfg.cl == "ewc" and cfg.clients == 2 and cfg.seed == 0
+    assert cfg.cl_options == {"ewc_lambda": 7.0, "mode": "online"}
+
+
+def test_unknown_toml_key_is_named(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("clients = 2\nround = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "round" in str(err.value) and str(path) in str(err.value)
+    assert err.value.hint == "did you mean 'rounds'?"
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("clients = = 2")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_option_pairs_are_typed():
+    assert parse_option_pairs(["a=1", "b=0.5", "c=true", "d=online", 'e="x y"'], "--cl-opt") == {
+        "a": 1, "b": 0.5, "c": True, "d": "online", "e": "x y"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_option_pairs(["novalue"], "--cl-opt")
+
+
+@attrs.frozen
+class _Opts:
+    alpha: float = attrs.field(default=1.0, metadata={"help": "a"})
+
+
+def test_component_options_unknown_key_lists_allowed():
+    assert build_options(_Opts, {"alpha": 2.0}, component="x", table="cl_options").alpha == 2.0
+    with pytest.raises(ConfigError) as err:
+        build_options(_Opts, {"alpah": 2.0}, component="strategy 'x'", table="cl_options")
+    assert "cl_options.alpah" in str(err.value) and "alpha" in str(err.value)
+    assert err.value.hint == "did you mean 'alpha'?"
+
+
+def test_commented_toml_round_trips(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(commented_toml())
+    assert load_config(path) == ExperimentConfig()
