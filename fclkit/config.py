@@ -152,8 +152,8 @@ class ExperimentConfig:
         attrs.Factory(dict), "options passed to every small-model architecture", _table, _to_dict)
     cl: str = setting("naive", "continual-learning strategy of the small models", _name)
     cl_options: dict = setting(attrs.Factory(dict), "options of the strategy", _table, _to_dict)
-    epochs: int = setting(1, "local epochs per round", int_at_least(1))
-    batch_size: int = setting(32, "mini-batch size of local training", int_at_least(1))
+    epochs: int = setting(5, "local epochs per round", int_at_least(1))
+    batch_size: int = setting(16, "mini-batch size of local training", int_at_least(1))
     lr: float = setting(0.05, "learning rate of local training", positive_float)
     optimizer: str = setting("sgd", "local optimiser: 'sgd' or 'adam'", one_of("sgd", "adam"))
     momentum: float = setting(0.9, "SGD momentum", float_in(0.0, 1.0, high_open=True))
@@ -165,7 +165,13 @@ class ExperimentConfig:
     fm: str = setting("none", "foundation model ('none' for none)", _name)
     fm_options: dict = setting(
         attrs.Factory(dict), "options of the foundation model", _table, _to_dict)
-    rounds: int = setting(2, "federated rounds per task", int_at_least(1))
+    rounds: int = setting(3, "federated rounds per task", int_at_least(1))
+    guidance_weight: float = setting(
+        1.0, "weight of the foundation model's distillation term in the small models' loss "
+        "(Small Model Continual Fine-tuning); 0 turns the guidance off",
+        float_in(0.0, 1e6))
+    guidance_temperature: float = setting(
+        2.0, "softmax temperature of the foundation model's guidance", positive_float)
 
     # how and where to run
     engine: str = setting("local", "execution engine ('local' runs clients in-process)", _name)
@@ -320,7 +326,7 @@ def commented_toml() -> str:
              "# Every field is optional; CLI flags override what is written here.", ""]
     tables = []
     for name, attribute in FIELDS.items():
-        default = attribute.default
+        default: Any = attribute.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
         if isinstance(default, dict):

@@ -31,8 +31,8 @@ MIN_EXAMPLES_PER_CLIENT_TASK = 2
 _DIRICHLET_TRIES = 200
 
 
-def task_classes(classes: Sequence[int], num_tasks: int, rng: np.random.Generator
-                 ) -> list[np.ndarray]:
+def task_classes(classes: Sequence[int] | np.ndarray, num_tasks: int,
+                 rng: np.random.Generator) -> list[np.ndarray]:
     classes = np.asarray(sorted(classes))
     if num_tasks > len(classes):
         raise ConfigError("tasks", num_tasks,

@@ -39,7 +39,7 @@ class Registered:
 
     kind: str
     name: str
-    cls: type
+    cls: Any  # a Component subclass of the kind's interface
     plugin: str
     distribution: str | None
     version: str | None
@@ -162,7 +162,7 @@ def build_registry(
         )
         seen: set[tuple[str, str]] = set()
         for dist in dists:
-            dist_name = dist.metadata["Name"]
+            dist_name: str = dist.metadata["Name"]
             for ep in dist.entry_points:
                 if ep.group != ENTRY_POINT_GROUP or (dist_name, ep.name) in seen:
                     continue
@@ -182,10 +182,9 @@ def build_registry(
                 sources.append((module, ep.name, dist_name, dist.version))
 
     for obj in extra_plugins:
-        name = getattr(obj, "__name__", None) or type(obj).__name__
-        sources.append((obj, name, None, None))
+        sources.append((obj, getattr(obj, "__name__", None) or type(obj).__name__, None, None))
 
-    for obj, name, dist_name, version in sources:
+    for obj, name, source_dist, version in sources:
         if pm.is_registered(obj) or pm.has_plugin(name):
             continue
         try:
@@ -194,7 +193,7 @@ def build_registry(
         except pluggy.PluginValidationError as exc:
             if pm.is_registered(obj):
                 pm.unregister(obj)
-            registry.broken.append(BrokenPlugin(name, dist_name, _explain_validation(exc)))
+            registry.broken.append(BrokenPlugin(name, source_dist, _explain_validation(exc)))
             continue
         registry.plugins[name] = version
         for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
@@ -205,14 +204,14 @@ def build_registry(
                     impl.function(register=collected.append)
                 except Exception as exc:
                     registry.broken.append(BrokenPlugin(
-                        name, dist_name, f"{hook_name} raised {type(exc).__name__}: {exc}"))
+                        name, source_dist, f"{hook_name} raised {type(exc).__name__}: {exc}"))
                     continue
                 for cls in collected:
                     try:
-                        registry.add(cls, plugin=name, distribution=dist_name, version=version,
+                        registry.add(cls, plugin=name, distribution=source_dist, version=version,
                                      expected_kind=kind)
                     except PluginError as exc:  # refused: reported by name, rest keeps working
-                        registry.broken.append(BrokenPlugin(name, dist_name, str(exc)))
+                        registry.broken.append(BrokenPlugin(name, source_dist, str(exc)))
     return registry
 
 

@@ -34,7 +34,8 @@ class Client:
     def __init__(self, client_id: int, stream: ClientStream, architecture: str,
                  model: Any, strategy: ContinualStrategy, *, epochs: int, seed: int,
                  device: str, foundation_model: FoundationModel | None = None,
-                 fm_state: Mapping[str, Any] | None = None) -> None:
+                 fm_state: Mapping[str, Any] | None = None, guidance_weight: float = 0.0,
+                 guidance_temperature: float = 2.0) -> None:
         self.client_id = client_id
         self.stream = stream
         self.architecture = architecture
@@ -46,6 +47,10 @@ class Client:
         self.foundation_model = foundation_model
         self.fm_state = dict(fm_state) if fm_state is not None else None
         self.classes_seen: set[int] = set()
+        self.guidance_weight = guidance_weight
+        self.guidance_temperature = guidance_temperature
+        #: classes the personalised FM part has been fused on (its guidance covers only these)
+        self.fm_classes: list[int] = []
 
     # ------------------------------------------------------------ messages
 
@@ -57,6 +62,7 @@ class Client:
             self.model.load_state_dict(download.small_state)
         if download.fm_state is not None:
             self.fm_state = dict(download.fm_state)
+            self.fm_classes = sorted(download.metadata.get("fm_classes", []))
 
     def fit(self, round_info: RoundInfo, download: Download | None) -> Upload:
         """Apply ``download``, train one round on the current task, return the upload."""
@@ -80,8 +86,32 @@ class Client:
                       "train_seconds": seconds})
 
     def extra_losses(self, task: Any) -> list:
-        """Loss terms added to the strategy's loss (the FM guidance plugs in here)."""
-        return []
+        """Loss terms added to the strategy's loss: the foundation model's guidance.
+
+        Small Model Continual Fine-tuning: the small model also distils the
+        client's personalised FM (``guidance_weight * tau^2 * KL(p_FM || p_small)``),
+        restricted to the classes that FM part has been fused on (none before the
+        first fusion, so no guidance then). The FM's backbone features are
+        cached by the FM, so the guidance costs a head pass per mini-batch.
+        """
+        fm = self.foundation_model
+        if (fm is None or self.guidance_weight == 0 or self.fm_state is None
+                or not self.fm_classes):
+            return []
+        import torch
+
+        from ..distillation import kd_loss
+
+        fm.load_trainable_state(self.fm_state)
+        classes = torch.tensor(self.fm_classes, dtype=torch.long)
+        weight, tau = self.guidance_weight, self.guidance_temperature
+
+        def fm_guidance(x: Any, y: Any, logits: Any) -> Any:
+            with torch.no_grad():
+                teacher = fm.forward(x)
+            return weight * kd_loss(logits, teacher.to(logits.device), tau, classes)
+
+        return [fm_guidance]
 
     # ---------------------------------------------------------- evaluation
 
@@ -118,6 +148,7 @@ class Client:
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "strategy": self.strategy.state_dict(),
             "fm_state": self.fm_state,
+            "fm_classes": list(self.fm_classes),
             "classes_seen": sorted(self.classes_seen),
         }
 
@@ -126,3 +157,4 @@ class Client:
         self.strategy.load_state_dict(state["strategy"])
         self.fm_state = dict(state["fm_state"]) if state.get("fm_state") is not None else None
         self.classes_seen = set(state.get("classes_seen", []))
+        self.fm_classes = list(state.get("fm_classes", []))

@@ -198,7 +198,9 @@ class Experiment:
         strategy = self.strategy.cls(model, self.strategy_options, context)
         return Client(client_id, self.stream.clients[client_id], arch, model, strategy,
                       epochs=c.epochs, seed=c.seed, device=c.device,
-                      foundation_model=self.foundation_model, fm_state=self.initial_fm_state)
+                      foundation_model=self.foundation_model, fm_state=self.initial_fm_state,
+                      guidance_weight=c.guidance_weight,
+                      guidance_temperature=c.guidance_temperature)
 
     def make_engine(self) -> Any:
         return self.engine_entry.cls(self.engine_options)
@@ -217,13 +219,13 @@ class Experiment:
             timings.setdefault(key, 0.0)
         rows: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
-        self._partial = {"rows": rows, "failures": failures, "evals": []}
+        self._partial: dict[str, list[Any]] = {"rows": rows, "failures": failures, "evals": []}
 
         rep.run_started(T, R, K)
         t0 = time.perf_counter()
         initial = executor.evaluate(-1, {}, self.server.global_fm_state)
         timings["evaluation"] += time.perf_counter() - t0
-        evals: list[dict[int, dict[str, list[float]]]] = self._partial["evals"]
+        evals: list[Any] = self._partial["evals"]
         pending: dict[int, Any] = {}
         for t in range(T):
             for r in range(R):
@@ -312,7 +314,7 @@ class Experiment:
             "failures": failures,
         }
 
-    def partial_metrics(self) -> dict[str, Any]:
+    def partial_metrics(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """What is known so far (written when a run stops early, so nothing is lost)."""
         part = getattr(self, "_partial", None) or {"rows": [], "failures": [], "evals": []}
         return {"schema": "fclkit.metrics/1", "complete": False,

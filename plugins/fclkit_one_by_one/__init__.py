@@ -1,0 +1,203 @@
+"""Built-in fusion ``one-by-one``: One-by-One Distillation (OBOD), our reading of the paper.
+
+For every client k the server keeps a personalised copy theta_k of the
+foundation model's trainable part. After each round it distils the uploaded
+small models into theta_k **one teacher at a time** on the public set:
+
+    for teacher u in order(k):                      # default: others first, k's own last
+        theta_prev = theta_k
+        minimise  KD(FM_theta(x), S_u(x); classes seen by u)
+                + anchor_weight * anchor(theta, theta_prev)  # keep earlier teachers/tasks
+        over x in the public set, for `epochs` epochs
+
+The anchor is either knowledge distillation from theta_prev on the classes the
+teacher has *not* seen (``kd``), an L2 pull towards theta_prev (``l2``), or
+nothing. A global theta_g is distilled the same way from every teacher once
+(in client-id order); it is evaluated on every client and is what a new client
+would start from. Small models are never averaged, so clients may use different
+architectures. See docs/method.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+import fclkit
+from fclkit.config import int_at_least, one_of, positive_float, setting
+from fclkit.interfaces import KnowledgeFusion
+from fclkit.messages import Download, Failure, FusionResult, RoundInfo, Upload
+
+
+def _nonneg(inst: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise fclkit.ConfigError(attribute.name, value, "must be a number >= 0")
+
+
+class OneByOneDistillation(KnowledgeFusion):
+    name = "one-by-one"
+    description = ("One-by-One Distillation: small models distilled one at a time into a "
+                   "personalised foundation model per client (heterogeneous models welcome)")
+    requires_foundation_model = True
+
+    @attrs.frozen
+    class Options:
+        order: str = setting(
+            "others-first", "teacher order for client k: 'others-first' (k's own model "
+            "last), 'own-first', 'by-id' or 'random'",
+            one_of("others-first", "own-first", "by-id", "random"))
+        epochs: int = setting(2, "distillation epochs over the public set, per teacher",
+                              int_at_least(1))
+        batch_size: int = setting(64, "mini-batch size of server distillation",
+                                  int_at_least(1))
+        lr: float = setting(5e-3, "Adam learning rate of server distillation", positive_float)
+        temperature: float = setting(2.0, "softmax temperature of distillation",
+                                     positive_float)
+        anchor: str = setting(
+            "kd", "what keeps earlier teachers' and tasks' knowledge: 'kd' (distil the "
+            "previous FM part on the classes the teacher has not seen), 'l2' (pull towards "
+            "it) or 'none'", one_of("kd", "l2", "none"))
+        anchor_weight: float = setting(1.0, "weight of the anchor term", _nonneg)
+        personalise: bool = setting(
+            True, "True: one FM part per client; False: every client gets the global one")
+
+    def setup(self, context: Any) -> None:
+        super().setup(context)
+        if context.public is None or len(context.public.x) == 0:
+            raise fclkit.ConfigError(
+                "public_fraction", 0.0, "one-by-one distils on the server's public set, and "
+                "this benchmark has none", hint="set public_fraction > 0 (e.g. 0.1)")
+        fm = context.foundation_model
+        initial = fm.trainable_state()
+        self.personal: dict[int, dict[str, Any]] = {k: initial for k in context.client_ids}
+        self.personal_classes: dict[int, list[int]] = {k: [] for k in context.client_ids}
+        self.global_state: dict[str, Any] = initial
+        self.global_classes: list[int] = []
+
+    # ----------------------------------------------------------------- fuse
+
+    def fuse(self, round_info: RoundInfo, uploads: Sequence[Upload],
+             failures: Sequence[Failure]) -> FusionResult:
+        if not uploads:
+            return FusionResult(downloads={})
+        x_pub = self.context.public.x
+        teachers = {u.client_id: (self._teacher_logits(u, x_pub), list(u.classes_seen))
+                    for u in uploads}
+        ids = sorted(teachers)
+        self.global_state, self.global_classes = self._distil(
+            self.global_state, self.global_classes, [teachers[u] for u in ids],
+            seed_parts=("global", round_info.task, round_info.round))
+        downloads = {}
+        for k in self.context.client_ids:
+            if self.options.personalise:
+                order = self._order(k, ids, round_info)
+                self.personal[k], self.personal_classes[k] = self._distil(
+                    self.personal[k], self.personal_classes[k], [teachers[u] for u in order],
+                    seed_parts=(k, round_info.task, round_info.round))
+                state, classes = self.personal[k], self.personal_classes[k]
+            else:
+                state, classes = self.global_state, self.global_classes
+            downloads[k] = Download(fm_state=state, metadata={"fm_classes": list(classes)})
+        return FusionResult(downloads=downloads, global_fm_state=self.global_state,
+                            metadata={"teachers": ids})
+
+    def _order(self, k: int, ids: list[int], round_info: RoundInfo) -> list[int]:
+        mode = self.options.order
+        others = [u for u in ids if u != k]
+        own = [k] if k in ids else []
+        if mode == "others-first":
+            return others + own
+        if mode == "own-first":
+            return own + others
+        if mode == "by-id":
+            return list(ids)
+        import random
+
+        from fclkit.runtime.seeding import derive_seed
+
+        rng = random.Random(derive_seed(self.context.seed, "order", k, round_info.task,
+                                        round_info.round))
+        shuffled = list(ids)
+        rng.shuffle(shuffled)
+        return shuffled
+
+    def _teacher_logits(self, upload: Upload, x: Any) -> Any:
+        import torch
+
+        model = self.context.build_small_model(upload.architecture)
+        model.load_state_dict(upload.small_state)
+        model.eval()
+        with torch.no_grad():
+            return torch.cat([model(x[i:i + 512].to(self.context.device)).cpu()
+                              for i in range(0, len(x), 512)])
+
+    def _distil(self, state: dict[str, Any], known: list[int],
+                teachers: list[tuple[Any, list[int]]], seed_parts: tuple) -> tuple[dict, list]:
+        """Distil ``teachers`` into ``state`` one at a time; returns (state, classes)."""
+        import torch
+
+        from fclkit.distillation import kd_loss
+        from fclkit.runtime.seeding import derive_seed
+
+        fm = self.context.foundation_model
+        opt_cfg = self.options
+        x_pub = self.context.public.x
+        n = len(x_pub)
+        known = sorted(known)
+        fm.load_trainable_state(state)
+        params = fm.trainable_parameters()
+        for step, (t_logits, t_classes) in enumerate(teachers):
+            keep = sorted(set(known) - set(t_classes))
+            prev_logits = None
+            prev_params = None
+            if opt_cfg.anchor == "kd" and keep and opt_cfg.anchor_weight > 0:
+                with torch.no_grad():
+                    prev_logits = torch.cat([fm.forward(x_pub[i:i + 512]).cpu()
+                                             for i in range(0, n, 512)])
+            elif opt_cfg.anchor == "l2" and known and opt_cfg.anchor_weight > 0:
+                prev_params = [p.detach().clone() for p in params]
+            optimizer = torch.optim.Adam(params, lr=opt_cfg.lr)
+            gen = torch.Generator().manual_seed(derive_seed(self.context.seed, "obod",
+                                                            *seed_parts, step))
+            for _ in range(opt_cfg.epochs):
+                perm = torch.randperm(n, generator=gen)
+                for i in range(0, n, opt_cfg.batch_size):
+                    idx = perm[i:i + opt_cfg.batch_size]
+                    student = fm.forward(x_pub[idx])
+                    loss = kd_loss(student, t_logits[idx].to(student.device),
+                                   opt_cfg.temperature, t_classes)
+                    if prev_logits is not None:
+                        loss = loss + opt_cfg.anchor_weight * kd_loss(
+                            student, prev_logits[idx].to(student.device),
+                            opt_cfg.temperature, keep)
+                    elif prev_params is not None:
+                        loss = loss + opt_cfg.anchor_weight * sum(
+                            ((p - q) ** 2).sum() for p, q in zip(params, prev_params,
+                                                                 strict=True))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            known = sorted(set(known) | set(t_classes))
+        return fm.trainable_state(), known
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"personal": {str(k): v for k, v in self.personal.items()},
+                "personal_classes": {str(k): v for k, v in self.personal_classes.items()},
+                "global_state": self.global_state, "global_classes": self.global_classes}
+
+    def load_state_dict(self, state: Any) -> None:
+        if not state:
+            return
+        self.personal = {int(k): v for k, v in state["personal"].items()}
+        self.personal_classes = {int(k): list(v) for k, v in state["personal_classes"].items()}
+        self.global_state = state["global_state"]
+        self.global_classes = list(state["global_classes"])
+
+
+@fclkit.hookimpl
+def register_fusions(register):
+    register(OneByOneDistillation)

@@ -1,0 +1,62 @@
+"""The examples are real: the plugin package installs with pip and works by name."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PLUGIN = ROOT / "examples" / "fclkit-plugin-example"
+
+
+@pytest.fixture(scope="module")
+def installed_example(tmp_path_factory):
+    """pip-install the example plugin into its own folder (not into the test venv)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(EXAMPLE_PLUGIN)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "FCLKIT_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _fclkit(env, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fclkit.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_pip_installed_plugin_is_listed(installed_example):
+    out = _fclkit(installed_example, "plugins")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "l2-anchor" in text and "fclkit-plugin-example 0.1.0" in text
+
+
+def test_pip_installed_strategy_runs_by_name(installed_example, tmp_path):
+    out = _fclkit(installed_example, "run", "--cl", "l2-anchor", "--cl-opt", "strength=0.5",
+                  "--clients", "2", "--tasks", "2", "--rounds", "1", "--epochs", "1",
+                  "--quiet", "--output", str(tmp_path), "--name", "ex")
+    assert out.returncode == 0, out.stderr
+    info = json.loads((tmp_path / "ex" / "run.json").read_text())
+    (strategy,) = [c for c in info["components"] if c["kind"] == "strategy"]
+    assert strategy == {"kind": "strategy", "name": "l2-anchor", "plugin": "example",
+                        "distribution": "fclkit-plugin-example", "version": "0.1.0"}
+
+
+def test_plugin_allow_list_can_exclude_it(installed_example):
+    env = {**installed_example, "FCLKIT_LOAD_PLUGINS": ""}
+    out = _fclkit(env, "run", "--cl", "l2-anchor", "--quiet")
+    assert out.returncode == 1 and "unknown strategy 'l2-anchor'" in out.stderr
+
+
+def test_research_script_runs_its_own_strategy(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    import research_strategy
+
+    scores = research_strategy.main(output=str(tmp_path))
+    assert set(scores) == {"naive", "tiny-replay"}
+    assert scores["tiny-replay"] > scores["naive"]  # replaying past tasks forgets less
