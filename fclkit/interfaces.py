@@ -108,7 +108,7 @@ class ContinualStrategy(Component):
         last one, after which the strategy consolidates what it keeps against
         forgetting (EWC importances, LwF's previous model, replay memory, ...).
         Each of ``extra_losses`` (e.g. the foundation model's guidance) is added
-        to the loss of every mini-batch of the current task's data.
+        to the loss of every training mini-batch, replayed memory examples included.
         """
 
     @abstractmethod

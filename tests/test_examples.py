@@ -21,6 +21,7 @@ def installed_example(tmp_path_factory):
          "--target", str(target), str(EXAMPLE_PLUGIN)], check=True)
     env = {k: v for k, v in os.environ.items() if k != "FCLKIT_LOAD_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
+    env["COLUMNS"] = "250"  # rich wraps table cells in narrow terminals
     return env
 
 
