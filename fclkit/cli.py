@@ -78,6 +78,9 @@ def run(
     fm_opt: OptList = None,
     benchmark_opt: OptList = None,
     engine_opt: OptList = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="continue a stopped run from its latest checkpoint, in its own folder "
+        "(its config.toml is used; other options are not allowed)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks of errors")] = False,
 ) -> None:
@@ -105,12 +108,20 @@ def run(
         ):
             if pairs:
                 overrides[table] = parse_option_pairs(pairs, flag)
-        cfg = load_config(config, overrides)
         from .progress import Reporter, RichReporter
         from .runtime.experiment import run as run_experiment
 
         reporter = Reporter() if quiet else RichReporter()
-        result = run_experiment(cfg, reporter=reporter)
+        if resume is not None:
+            given = [k for k, v in overrides.items() if v is not None]
+            if config is not None or given:
+                raise FclkitError(
+                    "--resume continues a run with its own configuration; it cannot be "
+                    f"combined with {', '.join(['--config'] * (config is not None) + given)}")
+            result = run_experiment(load_config(resume / "config.toml"), reporter=reporter,
+                                    resume=resume)
+        else:
+            result = run_experiment(load_config(config, overrides), reporter=reporter)
     except FclkitError as exc:
         _fail(exc, debug)
         return

@@ -102,6 +102,11 @@ def _table(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(attribute.name, value, "must be a table of option = value")
 
 
+def _boolean(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(attribute.name, value, "must be true or false")
+
+
 def _device(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, str) or not (
         value in ("cpu", "cuda", "mps") or value.startswith("cuda:")
@@ -179,11 +184,31 @@ class ExperimentConfig:
         attrs.Factory(dict), "options of the engine", _table, _to_dict)
     seed: int = setting(0, "random seed: the same seed gives the same accuracies",
                         int_at_least(0))
+    min_clients: int = setting(
+        1, "a round completes when at least this many clients delivered a valid update; "
+        "fewer stops the run (resume it with --resume)", int_at_least(1))
+    client_timeout: float = setting(
+        0.0, "seconds a client may take for one round before its update is discarded and the "
+        "client rolled back (0 = no limit)", float_in(0.0, 1e9))
+    max_examples: int = setting(
+        10_000_000, "largest example count a client may report; more is rejected as absurd",
+        int_at_least(1))
+    checkpoint: bool = setting(
+        True, "write a checkpoint at the end of every round so `fclkit run --resume RUN_DIR` "
+        "can continue the run", _boolean)
+    threads: int = setting(
+        0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models",
+        int_at_least(0))
     device: str = setting("cpu", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
     output: str = setting("runs", "folder in which each run writes its results folder",
                           _name, str)
     name: str = setting("", "name of the results folder (default: made from cl, fusion, seed "
                         "and time)", None, str)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_clients > self.clients:
+            raise ConfigError("min_clients", self.min_clients,
+                              f"must be at most clients = {self.clients}")
 
     def evolve(self, **changes: Any) -> ExperimentConfig:
         """A copy with ``changes`` applied (and validated)."""

@@ -289,6 +289,18 @@ class ClientExecutor(ABC):
         (``task_index == -1``, no downloads) for forward transfer.
         """
 
+    def client_states(self) -> dict[int, Any] | None:
+        """Every client's state (``Client.state_dict()``), for a checkpoint.
+
+        ``None`` (the default) when this executor cannot provide them; the run then
+        writes no checkpoints.
+        """
+        return None
+
+    def load_client_states(self, states: Mapping[int, Any]) -> None:
+        """Restore every client from :meth:`client_states` output (when resuming)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume from a checkpoint")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources at the end of a run."""
 

@@ -93,6 +93,17 @@ def _update_run_json(run_dir: Path, **changes: Any) -> None:
     write_json(path, data)
 
 
+def mark_resumed(run_dir: Path) -> None:
+    """Record in run.json that the run was resumed (and when)."""
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    resumes = data.get("resumed", [])
+    resumes.append(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    data.update(status="running", resumed=resumes)
+    data.pop("error", None)
+    write_json(path, data)
+
+
 def write_rounds_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROUND_COLUMNS, lineterminator="\n")

@@ -22,11 +22,21 @@ def flatten_state(state: Any) -> tuple[Any, dict[str, Any]]:
     import torch
 
     tensors: dict[str, torch.Tensor] = {}
+    by_identity: dict[int, str] = {}  # the same tensor object twice is stored once
+    storages: set[int] = set()
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
+            if id(node) in by_identity:
+                return {_TENSOR: by_identity[id(node)]}
             key = path or "root"
-            tensors[key] = node.detach().cpu().contiguous()
+            value = node.detach().cpu().contiguous()
+            storage = value.untyped_storage().data_ptr()
+            if storage in storages:  # a view of a tensor already stored: own copy
+                value = value.clone()
+            storages.add(value.untyped_storage().data_ptr())
+            tensors[key] = value
+            by_identity[id(node)] = key
             return {_TENSOR: key}
         if isinstance(node, dict):
             out = {}

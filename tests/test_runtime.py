@@ -16,7 +16,7 @@ def test_run_writes_a_complete_results_folder(tiny, plain_sgd):
     result = fclkit.run(tiny, components=[plain_sgd])
     run_dir = result.run_dir
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.toml", "metrics.json", "rounds.csv", "run.json"]
+        "checkpoint", "config.toml", "metrics.json", "rounds.csv", "run.json"]
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     assert fclkit.ExperimentConfig(**saved) == tiny
     info = json.loads((run_dir / "run.json").read_text())

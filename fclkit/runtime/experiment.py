@@ -23,13 +23,37 @@ import attrs
 from ..config import ExperimentConfig, build_options
 from ..errors import ConfigError, FclkitError, IncompatibleComponentsError
 from ..interfaces import FusionContext, StreamSpec, TrainContext
-from ..messages import RoundInfo
+from ..messages import Download, Failure, RoundInfo
 from ..metrics import across_clients, summarize
 from ..plugins import Registered, Registry, build_registry, components_from_classes
 from ..progress import Reporter
+from ..validation import UpdateValidator
 from .client import Client
 from .seeding import derive_seed, seed_everything
 from .server import Server
+
+
+@attrs.define
+class LoopState:
+    """What the run loop accumulates (all of it goes into checkpoints)."""
+
+    initial: dict[int, Any] = attrs.field(factory=dict)
+    evals: list[dict[int, Any]] = attrs.field(factory=list)
+    rows: list[dict[str, Any]] = attrs.field(factory=list)
+    failures: list[dict[str, Any]] = attrs.field(factory=list)
+    pending: dict[int, Download] = attrs.field(factory=dict)
+
+
+def _download_state(d: Download) -> dict[str, Any]:
+    return {"small_state": d.small_state, "fm_state": d.fm_state, "metadata": d.metadata}
+
+
+def _keys_to_str(d: dict) -> dict:
+    return {str(k): v for k, v in d.items()}
+
+
+def _keys_to_int(d: dict) -> dict:
+    return {int(k): v for k, v in d.items()}
 
 
 @attrs.define
@@ -93,6 +117,9 @@ class Experiment:
         self.server: Server | None = None
         self.metrics: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
+        #: where checkpoints go (None: no checkpoints) and a loaded one to continue from
+        self.run_dir: Path | None = None
+        self.resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ resolving
 
@@ -208,7 +235,10 @@ class Experiment:
     # ---------------------------------------------------------------- loop
 
     def run_loop(self, executor: Any) -> dict[str, Any]:
-        """Run every task and round through ``executor``; returns (and keeps) the metrics."""
+        """Run every task and round through ``executor``; returns (and keeps) the metrics.
+
+        Continues from ``self.resume_state`` (a loaded checkpoint) when it is set.
+        """
         if self.server is None:
             raise RuntimeError("Experiment.prepare() must be called before run_loop()")
         c = self.config
@@ -217,65 +247,126 @@ class Experiment:
         timings = self.timings
         for key in ("client_train", "fusion", "evaluation"):
             timings.setdefault(key, 0.0)
-        rows: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
-        self._partial: dict[str, list[Any]] = {"rows": rows, "failures": failures, "evals": []}
-
+        validator = UpdateValidator(self.architectures, self.build_small_model, c.max_examples)
+        loop = LoopState()
+        self._partial = loop
+        start = 0  # index of the first (task, round) step to run
         rep.run_started(T, R, K)
-        t0 = time.perf_counter()
-        initial = executor.evaluate(-1, {}, self.server.global_fm_state)
-        timings["evaluation"] += time.perf_counter() - t0
-        evals: list[Any] = self._partial["evals"]
-        pending: dict[int, Any] = {}
-        for t in range(T):
-            for r in range(R):
-                info = RoundInfo(task=t, round=r, rounds_per_task=R)
-                rep.round_started(t, r)
-                t0 = time.perf_counter()
-                uploads, fails = executor.fit(info, pending)
-                timings["client_train"] += time.perf_counter() - t0
-                for f in fails:
-                    failures.append({"task": t, "round": r, "client": f.client_id,
-                                     "reason": f.reason})
-                    rep.warn(f"client {f.client_id} failed in task {t + 1} round {r + 1}: "
-                             f"{f.reason}")
-                if not uploads:
-                    raise FclkitError(
-                        f"no client delivered an update in task {t + 1}, round {r + 1}: "
-                        + "; ".join(f"client {f.client_id}: {f.reason}" for f in fails),
-                        hint="rerun with --debug for the traceback",
-                    ) from getattr(executor, "last_error", None)
-                delivered = {cid: pending.get(cid) for cid in range(K)}
-                t0 = time.perf_counter()
-                result = self.server.aggregate(info, uploads, fails)
-                fusion_seconds = time.perf_counter() - t0
-                timings["fusion"] += fusion_seconds
-                by_client = {u.client_id: u for u in uploads}
-                for cid in range(K):
-                    u = by_client.get(cid)
-                    d_in = delivered[cid]
-                    d_out = result.downloads.get(cid)
-                    rows.append({
-                        "task": t, "round": r, "client": cid,
-                        "status": "ok" if u is not None else "failed",
-                        "architecture": self.architectures[cid],
-                        "num_examples": u.num_examples if u else 0,
-                        "train_loss": u.metadata.get("train_loss") if u else None,
-                        "train_seconds": u.metadata.get("train_seconds") if u else None,
-                        "bytes_up": u.nbytes if u else 0,
-                        "bytes_down": d_out.nbytes if d_out is not None else 0,
-                        "bytes_down_received": d_in.nbytes if d_in is not None else 0,
-                        "fusion_seconds": fusion_seconds,
-                    })
-                pending = dict(result.downloads)
-                rep.round_done(t, r)
+        if self.resume_state is not None:
+            start = self._restore(self.resume_state, executor, loop)
+            rep.phase(f"resumed after task {start // R + 1 if start % R else start // R}, "
+                      f"round {R if start % R == 0 else start % R}")
+        else:
             t0 = time.perf_counter()
-            evals.append(executor.evaluate(t, pending, self.server.global_fm_state))
+            loop.initial = executor.evaluate(-1, {}, self.server.global_fm_state)
             timings["evaluation"] += time.perf_counter() - t0
-            pending = {}
-            rep.task_done(t, self._mean_last(evals[-1], t))
-        self.metrics = self._assemble(initial, evals, rows, failures)
+
+        for step in range(start, T * R):
+            t, r = divmod(step, R)
+            info = RoundInfo(task=t, round=r, rounds_per_task=R)
+            rep.round_started(t, r)
+            t0 = time.perf_counter()
+            uploads, fails = executor.fit(info, loop.pending)
+            timings["client_train"] += time.perf_counter() - t0
+            accepted = []
+            for u in uploads:
+                reason = validator.check(u)
+                if reason is None:
+                    accepted.append(u)
+                else:
+                    fails.append(Failure(u.client_id, f"rejected update: {reason}"))
+            for f in fails:
+                loop.failures.append({"task": t, "round": r, "client": f.client_id,
+                                      "reason": f.reason})
+                rep.warn(f"client {f.client_id} failed in task {t + 1} round {r + 1}: "
+                         f"{f.reason}")
+            if len(accepted) < c.min_clients:
+                raise FclkitError(
+                    f"only {len(accepted)} of {K} clients delivered a valid update in task "
+                    f"{t + 1}, round {r + 1} (min_clients = {c.min_clients}): "
+                    + "; ".join(f"client {f.client_id}: {f.reason}" for f in fails),
+                    hint="rerun with --debug for the traceback; the run can be continued "
+                    "with --resume after a fix",
+                ) from getattr(executor, "last_error", None)
+            delivered = {cid: loop.pending.get(cid) for cid in range(K)}
+            t0 = time.perf_counter()
+            result = self.server.aggregate(info, accepted, fails)
+            fusion_seconds = time.perf_counter() - t0
+            timings["fusion"] += fusion_seconds
+            self._record_round(loop, info, uploads, accepted, delivered, result,
+                               fusion_seconds)
+            loop.pending = dict(result.downloads)
+            rep.round_done(t, r)
+            if info.is_last_round:
+                t0 = time.perf_counter()
+                loop.evals.append(executor.evaluate(t, loop.pending,
+                                                    self.server.global_fm_state))
+                timings["evaluation"] += time.perf_counter() - t0
+                loop.pending = {}
+                rep.task_done(t, self._mean_last(loop.evals[-1], t))
+            self._checkpoint(executor, loop, info, step)
+        self.metrics = self._assemble(loop.initial, loop.evals, loop.rows, loop.failures)
         return self.metrics
+
+    def _record_round(self, loop: LoopState, info: RoundInfo, uploads: list,
+                      accepted: list, delivered: dict, result: Any,
+                      fusion_seconds: float) -> None:
+        by_client = {u.client_id: u for u in uploads}
+        ok = {u.client_id for u in accepted}
+        for cid in range(self.config.clients):
+            u = by_client.get(cid)
+            d_in = delivered[cid]
+            d_out = result.downloads.get(cid)
+            loop.rows.append({
+                "task": info.task, "round": info.round, "client": cid,
+                "status": "ok" if cid in ok else ("rejected" if u is not None else "failed"),
+                "architecture": self.architectures[cid],
+                "num_examples": u.num_examples if u else 0,
+                "train_loss": u.metadata.get("train_loss") if u else None,
+                "train_seconds": u.metadata.get("train_seconds") if u else None,
+                "bytes_up": u.nbytes if u else 0,
+                "bytes_down": d_out.nbytes if d_out is not None else 0,
+                "bytes_down_received": d_in.nbytes if d_in is not None else 0,
+                "fusion_seconds": fusion_seconds,
+            })
+
+    # ---------------------------------------------------------- checkpoints
+
+    def _checkpoint(self, executor: Any, loop: LoopState, info: RoundInfo, step: int) -> None:
+        if self.run_dir is None or not self.config.checkpoint:
+            return
+        client_states = executor.client_states()
+        if client_states is None:  # this engine keeps client state where we cannot see it
+            return
+        from ..checkpoint import rng_state, save_checkpoint
+
+        state = {
+            "step": step, "task": info.task, "round": info.round,
+            "server": self.server.state_dict() if self.server else {},
+            "clients": {str(k): v for k, v in client_states.items()},
+            "pending": {str(k): _download_state(d) for k, d in loop.pending.items()},
+            "initial": _keys_to_str(loop.initial),
+            "evals": [_keys_to_str(ev) for ev in loop.evals],
+            "rows": loop.rows, "failures": loop.failures,
+            "timings": dict(self.timings), "rng": rng_state(),
+        }
+        save_checkpoint(self.run_dir, state, task=info.task, round=info.round, step=step)
+
+    def _restore(self, state: dict[str, Any], executor: Any, loop: LoopState) -> int:
+        from ..checkpoint import set_rng_state
+
+        if self.server is not None:
+            self.server.load_state_dict(state["server"])
+        executor.load_client_states({int(k): v for k, v in state["clients"].items()})
+        loop.pending = {int(k): Download(**v) for k, v in state["pending"].items()}
+        loop.initial = _keys_to_int(state["initial"])
+        loop.evals = [_keys_to_int(ev) for ev in state["evals"]]
+        loop.rows = list(state["rows"])
+        loop.failures = list(state["failures"])
+        for key, value in state["timings"].items():
+            self.timings[key] = value
+        set_rng_state(state["rng"])
+        return int(state["step"]) + 1
 
     @staticmethod
     def _mean_last(ev: dict[int, dict[str, list[float]]], t: int) -> dict[str, float]:
@@ -316,25 +407,28 @@ class Experiment:
 
     def partial_metrics(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """What is known so far (written when a run stops early, so nothing is lost)."""
-        part = getattr(self, "_partial", None) or {"rows": [], "failures": [], "evals": []}
+        loop = getattr(self, "_partial", None) or LoopState()
         return {"schema": "fclkit.metrics/1", "complete": False,
-                "tasks_evaluated": len(part["evals"]), "evaluations": [
-                    {str(k): v for k, v in ev.items()} for ev in part["evals"]],
-                "failures": part["failures"], "timings_seconds": dict(self.timings)}, part["rows"]
+                "tasks_evaluated": len(loop.evals),
+                "evaluations": [_keys_to_str(ev) for ev in loop.evals],
+                "failures": loop.failures, "timings_seconds": dict(self.timings)}, loop.rows
 
 
 def run(config: ExperimentConfig, *, registry: Registry | None = None,
         components: Iterable[type] = (), plugins: Iterable[Any] = (),
-        reporter: Reporter | None = None, write_results: bool = True) -> RunResult:
+        reporter: Reporter | None = None, write_results: bool = True,
+        resume: str | Path | None = None) -> RunResult:
     """Run one experiment and (by default) write its results folder.
 
-    :param config: the experiment.
+    :param config: the experiment (ignored when resuming: the run's own config is used).
     :param registry: components to use (default: every installed plugin).
     :param components: component classes from research code, used by their ``name``
         without packaging (e.g. ``components=[MyStrategy]`` then ``cl="my-strategy"``).
     :param plugins: extra plugin modules/objects with ``@fclkit.hookimpl`` functions.
     :param reporter: progress events (the CLI passes rich progress bars).
-    :param write_results: False to keep everything in memory.
+    :param write_results: False to keep everything in memory (no checkpoints either).
+    :param resume: a results folder whose run stopped early: continue it from its
+        latest checkpoint, in the same folder.
     """
     from .. import results
 
@@ -344,11 +438,27 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
     components_from_classes(registry, components)
     for broken in registry.broken:
         (reporter or Reporter()).warn(f"plugin {broken.plugin!r} was not loaded: {broken.error}")
+    resume_state = None
+    if resume is not None:
+        from ..checkpoint import load_checkpoint
+        from ..config import load_config
+
+        run_dir: Path | None = Path(resume)
+        config = load_config(Path(resume) / "config.toml")
+        resume_state = load_checkpoint(resume)
     experiment = Experiment(config, registry, reporter)
-    run_dir = results.create_run_dir(config) if write_results else None
-    used = _used_components(experiment)
-    if run_dir is not None:
-        results.write_start(run_dir, config, used)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    if resume is None:
+        run_dir = results.create_run_dir(config) if write_results else None
+        if run_dir is not None:
+            results.write_start(run_dir, config, _used_components(experiment))
+    elif run_dir is not None:
+        results.mark_resumed(run_dir)
+    experiment.run_dir = run_dir
+    experiment.resume_state = resume_state
     try:
         experiment.prepare()
         experiment.make_engine().run(experiment)
@@ -360,9 +470,10 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
     finally:
         experiment.reporter.close()
     metrics = experiment.metrics or {}
-    metrics["timings_seconds"]["total"] = time.perf_counter() - started
+    metrics["timings_seconds"]["total"] = (
+        time.perf_counter() - started + (resume_state or {}).get("timings", {}).get("total", 0))
     if run_dir is not None:
-        results.write_end(run_dir, metrics, experiment._partial["rows"])
+        results.write_end(run_dir, metrics, experiment.partial_metrics()[1])
     return RunResult(config=config, run_dir=run_dir, metrics=metrics)
 
 

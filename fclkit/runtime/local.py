@@ -5,6 +5,8 @@ Registered through the ``fclkit`` entry-point group like every other plugin.
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +16,14 @@ from ..messages import Failure, RoundInfo, Upload
 
 
 class LocalExecutor(ClientExecutor):
-    """Keeps live clients in memory; a client that raises becomes a recorded failure."""
+    """Keeps live clients in memory, runs them one after the other.
+
+    A client that raises in a round, or takes longer than ``client_timeout``,
+    becomes a recorded failure and is rolled back to its state before the round
+    (so it takes part again, cleanly, in the next round). This engine cannot
+    interrupt a running Python function: a slow client is detected when its
+    round returns, and its update is then discarded.
+    """
 
     def __init__(self, experiment: Any) -> None:
         self.experiment = experiment
@@ -22,19 +31,40 @@ class LocalExecutor(ClientExecutor):
         self.clients = {cid: experiment.build_client(cid)
                         for cid in range(experiment.config.clients)}
         self.last_error: BaseException | None = None
+        self.timeout = experiment.config.client_timeout
 
     def fit(self, round_info: RoundInfo, downloads: Mapping[int, Any]
             ) -> tuple[list[Upload], list[Failure]]:
         uploads: list[Upload] = []
         failures: list[Failure] = []
         for cid, client in self.clients.items():
+            before = copy.deepcopy(client.state_dict())
+            started = time.perf_counter()
             try:
-                uploads.append(client.fit(round_info, downloads.get(cid)))
+                upload = client.fit(round_info, downloads.get(cid))
             except Exception as exc:  # one client's failure must not stop the round
                 self.last_error = exc
                 failures.append(Failure(cid, f"{type(exc).__name__}: {exc}"))
+                client.load_state_dict(before)
+                client.apply(downloads.get(cid))
+            else:
+                took = time.perf_counter() - started
+                if self.timeout and took > self.timeout:
+                    failures.append(Failure(
+                        cid, f"exceeded the time limit of {self.timeout:g}s (took {took:.1f}s)"))
+                    client.load_state_dict(before)
+                    client.apply(downloads.get(cid))
+                else:
+                    uploads.append(upload)
             self.reporter.client_done(cid)
         return uploads, failures
+
+    def client_states(self) -> dict[int, Any]:
+        return {cid: client.state_dict() for cid, client in self.clients.items()}
+
+    def load_client_states(self, states: Mapping[int, Any]) -> None:
+        for cid, state in states.items():
+            self.clients[cid].load_state_dict(state)
 
     def evaluate(self, task_index: int, downloads: Mapping[int, Any],
                  global_fm_state: Mapping[str, Any] | None) -> dict[int, dict[str, list[float]]]:

@@ -1,0 +1,82 @@
+"""Validation of client updates before any fusion sees them.
+
+The core checks every :class:`~fclkit.messages.Upload` against what the server
+knows: the architecture the client declared at the start of the run and the
+tensor names, shapes and dtypes of that architecture. An upload is rejected --
+recorded as a failure with its reason, never fused -- when
+
+* it claims another client id, or an architecture other than the declared one;
+* a tensor is missing, unexpected, of the wrong shape or dtype, or not a tensor;
+* a floating-point tensor holds NaN or infinity;
+* its example count is not an integer between 1 and ``max_examples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .messages import Upload
+
+MAX_REASONS = 3
+
+
+class UpdateValidator:
+    """Checks uploads against a reference state per architecture (built once, lazily)."""
+
+    def __init__(self, architectures: Mapping[int, str],
+                 build_small_model: Callable[[str], Any], max_examples: int) -> None:
+        self.architectures = dict(architectures)
+        self._build = build_small_model
+        self.max_examples = max_examples
+        self._reference: dict[str, dict[str, tuple[tuple[int, ...], Any]]] = {}
+
+    def _spec(self, architecture: str) -> dict[str, tuple[tuple[int, ...], Any]]:
+        if architecture not in self._reference:
+            model = self._build(architecture)
+            self._reference[architecture] = {
+                k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        return self._reference[architecture]
+
+    def check(self, upload: Upload, expected_client: int | None = None) -> str | None:
+        """``None`` when the upload is acceptable, else the reason it is rejected."""
+        import torch
+
+        cid = upload.client_id
+        if expected_client is not None and cid != expected_client:
+            return f"claims to be client {cid} but was sent by client {expected_client}"
+        declared = self.architectures.get(cid)
+        if declared is None:
+            return f"unknown client id {cid!r}"
+        if upload.architecture != declared:
+            return (f"architecture {upload.architecture!r} differs from the declared "
+                    f"{declared!r}")
+        n = upload.num_examples
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_examples:
+            return f"absurd example count {n!r} (allowed: 1..{self.max_examples})"
+        spec = self._spec(declared)
+        state = upload.small_state
+        if not isinstance(state, Mapping):
+            return "small-model state is not a mapping of tensors"
+        problems: list[str] = []
+        missing = sorted(set(spec) - set(state))
+        extra = sorted(set(state) - set(spec))
+        if missing:
+            problems.append(f"missing tensors {missing[:MAX_REASONS]}")
+        if extra:
+            problems.append(f"unexpected tensors {extra[:MAX_REASONS]}")
+        for key, (shape, dtype) in spec.items():
+            value = state.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+            elif tuple(value.shape) != shape:
+                problems.append(f"{key} has shape {tuple(value.shape)}, expected {shape}")
+            elif value.dtype != dtype:
+                problems.append(f"{key} has dtype {value.dtype}, expected {dtype}")
+            elif torch.is_floating_point(value) and not bool(torch.isfinite(value).all()):
+                problems.append(f"{key} holds non-finite values (NaN or inf)")
+            if len(problems) >= MAX_REASONS:
+                break
+        return "; ".join(problems) if problems else None
