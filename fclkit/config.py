@@ -91,7 +91,8 @@ def _name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _names(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not value or any(not isinstance(v, str) or not v.strip() for v in value):
+    if (not isinstance(value, tuple) or not value
+            or any(not isinstance(v, str) or not v.strip() for v in value)):
         raise ConfigError(
             attribute.name, value, "must be one name or a comma-separated list of names"
         )
@@ -256,6 +257,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("config", str(path), "file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", str(path), "is not UTF-8 text (a TOML file must be)"
+                          ) from None
     except OSError as exc:
         raise ConfigError("config", str(path), f"cannot be read: {exc.strerror}") from None
     try:

@@ -26,3 +26,32 @@ def test_every_doc_page_linked_from_readme_exists():
                  "results-format"):
         assert f"docs/{page}.md" in readme
         assert (DOCS / f"{page}.md").exists()
+
+
+def _documented_cli_rows():
+    import re
+
+    rows = []
+    for line in (DOCS / "bad-inputs.md").read_text().splitlines():
+        m = re.match(r"\| `fclkit (run [^`]*)` \| `([^`]*)` \|$", line)
+        if m:
+            rows.append((m.group(1).split(), m.group(2)))
+    return rows
+
+
+@pytest.mark.parametrize("args,expected", _documented_cli_rows(),
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_input_table_matches_the_program(args, expected, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fclkit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [*args, "-q", "--output", str(tmp_path)]
+                             if "--resume" not in args else args)
+    assert res.exit_code == 1, res.output
+    assert expected in " ".join(res.output.split())
+
+
+def test_bad_input_table_has_the_cli_rows():
+    assert len(_documented_cli_rows()) >= 20
