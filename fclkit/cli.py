@@ -172,6 +172,25 @@ def plugins(
 
 
 @app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one or more results folders")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="where to write the report (default: RUN_DIR/report for one "
+        "run, ./report-TIME for several)")] = None,
+    debug: Annotated[bool, typer.Option(help="show tracebacks of errors")] = False,
+) -> None:
+    """Draw pictures (accuracy heatmaps, curves, communication) and a Markdown summary."""
+    from .report import make_report
+
+    try:
+        out = make_report(run_dirs, output)
+    except FclkitError as exc:
+        _fail(exc, debug)
+        return
+    _console().print(f"report: [bold]{out / 'report.md'}[/bold]")
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="where to write the config")] = Path("exp.toml"),
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,

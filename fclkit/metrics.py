@@ -9,7 +9,7 @@ training (used by forward transfer). With ``T`` tasks:
 * accuracy curve        ``A_i = 1/(i+1) * sum_{j<=i} R[i][j]`` (after each task)
 * average incremental accuracy ``1/T * sum_i A_i``
 * average forgetting    ``F = 1/(T-1) * sum_{j<T-1} max_{j<=l<T-1} R[l][j] - R[T-1][j]``
-  (Chaudhry et al., 2018)
+  (Chaudhry et al., 2018); the forgetting curve is the same after each task i
 * backward transfer     ``BWT = 1/(T-1) * sum_{j<T-1} R[T-1][j] - R[j][j]``
   (Lopez-Paz & Ranzato, 2017)
 * forward transfer      ``FWT = 1/(T-1) * sum_{j>=1} R[j-1][j] - b[j]`` (ibid.)
@@ -53,6 +53,16 @@ def forgetting_per_task(R: Matrix) -> list[float]:
     return [max(R[step][j] for step in range(j, T - 1)) - R[T - 1][j] for j in range(T - 1)]
 
 
+def forgetting_curve(R: Matrix) -> list[float | None]:
+    """Average forgetting after each task i (over tasks j < i); None after the first."""
+    T = _check(R)
+    out: list[float | None] = [None]
+    for i in range(1, T):
+        out.append(sum(max(R[step][j] for step in range(j, i)) - R[i][j]
+                       for j in range(i)) / i)
+    return out
+
+
 def average_forgetting(R: Matrix) -> float | None:
     f = forgetting_per_task(R)
     return sum(f) / len(f) if f else None
@@ -83,6 +93,7 @@ def summarize(R: Matrix, initial: Sequence[float] | None = None) -> dict:
         "accuracy_curve": accuracy_curve(R),
         "average_incremental_accuracy": average_incremental_accuracy(R),
         "forgetting_per_task": forgetting_per_task(R),
+        "forgetting_curve": forgetting_curve(R),
         "average_forgetting": average_forgetting(R),
         "backward_transfer": backward_transfer(R),
         "forward_transfer": forward_transfer(R, initial),
@@ -111,5 +122,7 @@ def across_clients(per_client: Sequence[dict]) -> dict:
     out["accuracy_matrix"] = mean_matrix([c["accuracy_matrix"] for c in per_client])
     out["accuracy_curve"] = [mean_of(v) for v in zip(*(c["accuracy_curve"] for c in per_client),
                                                       strict=True)]
+    out["forgetting_curve"] = [mean_of(v) for v in zip(
+        *(c["forgetting_curve"] for c in per_client), strict=True)]
     out["clients"] = len(per_client)
     return out

@@ -72,3 +72,9 @@ def test_across_clients_means_scalars_and_matrices():
 def test_non_square_matrix_is_refused():
     with pytest.raises(ValueError, match="square"):
         metrics.average_accuracy([[0.1, 0.2]])
+
+
+def test_forgetting_curve_after_each_task():
+    # after task 1: task 0 went 0.9 -> 0.6 ; after task 2: (0.9-0.3 + 0.8-0.5)/2
+    assert metrics.forgetting_curve(R) == pytest.approx([None, 0.3, 0.45])
+    assert metrics.forgetting_curve(R)[-1] == metrics.average_forgetting(R)
