@@ -103,7 +103,7 @@ def _table(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(attribute.name, value, "must be a table of option = value")
 
 
-def _boolean(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def boolean(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(attribute.name, value, "must be true or false")
 
@@ -196,7 +196,7 @@ class ExperimentConfig:
         int_at_least(1))
     checkpoint: bool = setting(
         True, "write a checkpoint at the end of every round so `fclkit run --resume RUN_DIR` "
-        "can continue the run", _boolean)
+        "can continue the run", boolean)
     threads: int = setting(
         0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models",
         int_at_least(0))

@@ -15,13 +15,17 @@ if TYPE_CHECKING:  # torch is imported only when a run needs it
     import torch
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in value)
+
+
 @attrs.frozen
 class InputSpec:
     """What a model's input looks like, so a ClientModel can build for it."""
 
     modality: str = attrs.field(metadata={"help": "'image', 'text', 'tabular', ..."})
     shape: tuple[int, ...] = attrs.field(
-        converter=tuple, metadata={"help": "shape of one example, e.g. (1, 8, 8)"}
+        converter=_shape, metadata={"help": "shape of one example, e.g. (1, 8, 8)"}
     )
     extra: dict[str, Any] = attrs.field(factory=dict, metadata={"help": "e.g. vocab_size"})
 

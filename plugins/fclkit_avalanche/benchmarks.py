@@ -28,15 +28,10 @@ from urllib.parse import urlparse
 
 import attrs
 
-from fclkit.config import positive_float, setting
-from fclkit.errors import BenchmarkUnavailableError, ConfigError
+from fclkit.config import boolean, positive_float, setting
+from fclkit.errors import BenchmarkUnavailableError
 from fclkit.interfaces import Benchmark, StreamSpec
 from fclkit.stream import FederatedStream, InputSpec
-
-
-def _is_bool(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(attribute.name, value, "must be true or false")
 
 
 def avalanche_dataset_location(name: str) -> Path:
@@ -91,7 +86,7 @@ class TorchvisionSplitBenchmark(Benchmark):
             "", "folder holding the dataset files ('' = Avalanche's default, "
             "~/.avalanche/data/<dataset>)", None, str)
         download: bool = setting(
-            True, "download the files when they are not in `root` (needs internet)", _is_bool)
+            True, "download the files when they are not in `root` (needs internet)", boolean)
         download_timeout: float = setting(
             3.0, "seconds to wait for the download server before giving up", positive_float)
 

@@ -1,0 +1,223 @@
+"""A foundation model = a frozen pretrained backbone + a small trainable part (+ a cache).
+
+:class:`FrozenBackboneFoundationModel` does what every such model shares: the
+classification head over the benchmark's label space (linear or a small MLP),
+optional adapters inside the backbone (LoRA, added by a subclass), the
+trainable state that travels between server and clients, and the feature cache
+(:mod:`fclkit.feature_cache`). A subclass only loads its backbone and turns a batch
+into feature vectors: ``hf`` (Hugging Face transformers) and
+``efficientnet-lite`` (a packaged ImageNet CNN) are two.
+
+Trainable state keys: ``head.<param>`` for the head, ``adapter.<param>`` for
+adapter tensors (e.g. ``adapter.encoder.layer.0.attention.self.query.lora_A.default.weight``).
+
+Caching: with no trainable adapters the backbone is a fixed function, so its
+features are cached per distinct input row (content hash). With adapters the
+backbone changes as they train, so every forward pass runs it (no cache).
+
+Train/eval: the backbone always runs in eval mode (no dropout, fixed
+batch-norm statistics), so the same input always gives the same features.
+Adapter dropout (``lora_dropout``) is active only while autograd is on, i.e.
+while someone trains; under ``torch.no_grad()`` (guidance, evaluation) it is off.
+
+Importing this module is light: torch loads in :meth:`setup`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .config import boolean, int_at_least, one_of, setting
+from .errors import FclkitError
+from .feature_cache import CacheInfo, FeatureCache
+from .interfaces import FoundationModel
+
+
+@attrs.frozen
+class BackboneOptions:
+    """Options every frozen-backbone foundation model has (subclasses add their own)."""
+
+    head: str = setting("linear", "trainable head on the backbone features: 'linear' or 'mlp' "
+                        "(one hidden layer)", one_of("linear", "mlp"))
+    head_hidden: int = setting(256, "hidden width of the 'mlp' head", int_at_least(1))
+    batch_size: int = setting(64, "examples per backbone pass", int_at_least(1))
+    cache: bool = setting(True, "cache backbone features per distinct input (only when no "
+                          "adapter is trained); false recomputes them every pass", boolean)
+    cache_max_entries: int = setting(0, "most feature vectors kept in the cache, least "
+                                     "recently used dropped first (0: no limit)",
+                                     int_at_least(0))
+
+
+class FrozenBackboneFoundationModel(FoundationModel):
+    """Base class: subclasses implement :meth:`load_backbone` and :meth:`encode`."""
+
+    Options = BackboneOptions
+
+    # ------------------------------------------------------------ subclass hooks
+
+    def load_backbone(self, input_spec: Any, device: str) -> Any:
+        """Load the pretrained backbone (an ``nn.Module``) onto ``device`` and return it.
+
+        Called once by :meth:`setup`. Raise :class:`fclkit.errors.FclkitError`
+        (at once) when it cannot be loaded, :class:`fclkit.errors.ConfigError`
+        when ``input_spec`` is not something this model reads.
+        """
+        raise NotImplementedError
+
+    def encode(self, x: Any) -> Any:
+        """Features ``(n, d)`` of a batch of inputs (at most ``batch_size`` rows).
+
+        Runs under the caller's autograd mode (gradients reach the adapters).
+        """
+        raise NotImplementedError
+
+    def batch_order(self, x: Any) -> Any:
+        """Optional order (a permutation tensor) in which to cut ``x`` into backbone batches.
+
+        Default: none (as given). Text models sort by length so that each batch pads less.
+        """
+        return None
+
+    def add_adapters(self, backbone: Any) -> dict[str, Any]:
+        """Insert trainable adapters into ``backbone``; return them by name (default: none)."""
+        return {}
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, input_spec: Any, num_classes: int, device: str) -> None:
+        import torch
+        from torch import nn
+
+        if getattr(self, "backbone", None) is not None:
+            raise FclkitError(f"foundation model {self.name!r} is already set up")
+        self.input_spec = input_spec
+        self.num_classes = int(num_classes)
+        self.device = torch.device(device)
+        backbone = self.load_backbone(input_spec, device)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        try:
+            self.backbone = backbone
+            self._adapters: dict[str, nn.Parameter] = dict(self.add_adapters(backbone))
+            for p in self._adapters.values():
+                p.requires_grad_(True)
+            backbone.eval()  # after the adapters: injected modules start in train mode
+            self._dropout_modules = [m for n, m in backbone.named_modules()
+                                     if "lora_dropout" in n and isinstance(m, nn.Dropout)]
+            o = self.options
+            self._cache = FeatureCache(o.cache_max_entries or None,
+                                       enabled=bool(o.cache) and not self._adapters)
+            with torch.no_grad():
+                dim = int(self._backbone_pass(self._probe_input()).shape[-1])
+            if o.head == "mlp":
+                head: nn.Module = nn.Sequential(nn.Linear(dim, o.head_hidden), nn.ReLU(),
+                                                nn.Linear(o.head_hidden, self.num_classes))
+            else:
+                head = nn.Linear(dim, self.num_classes)
+        except BaseException:
+            self.backbone = None  # a failed setup can be retried with other options
+            raise
+        self.head = head.to(self.device)
+        self.feature_dim = dim
+
+    def _probe_input(self) -> Any:
+        """One dummy input of the benchmark's shape (to learn the feature width)."""
+        import torch
+
+        shape = (1, *self.input_spec.shape)
+        if self.input_spec.modality == "text":
+            x = torch.zeros(shape, dtype=torch.long)
+            x[..., 0] = ord("a")
+            return x
+        return torch.zeros(shape, dtype=torch.float32)
+
+    # --------------------------------------------------------------- forward
+
+    def _backbone_pass(self, x: Any) -> Any:
+        import torch
+
+        training = torch.is_grad_enabled() and bool(self._adapters)
+        for m in self._dropout_modules:
+            m.train(training)
+        bs = self.options.batch_size
+        order = self.batch_order(x) if len(x) > bs else None
+        if order is not None:  # e.g. texts by length: less padding per backbone batch
+            x = x[order.to(x.device)]
+        parts = [self.encode(x[i:i + bs]).float() for i in range(0, len(x), bs)]
+        out = torch.cat(parts) if parts else self.encode(x).float()
+        if order is not None:
+            out = out[torch.argsort(order.to(out.device))]
+        return out
+
+    def features(self, x: Any) -> Any:
+        """Backbone features of ``x`` on the model's device (from the cache when possible)."""
+        import torch
+
+        self._check_ready()
+        if self._adapters:
+            return self._backbone_pass(x).to(self.device)
+        with torch.no_grad():
+            return self._cache.features(x, self._backbone_pass).to(self.device)
+
+    def forward(self, x: Any) -> Any:
+        return self.head(self.features(x))
+
+    # ------------------------------------------------------- trainable part
+
+    def trainable_parameters(self) -> list:
+        self._check_ready()
+        return [*self.head.parameters(), *self._adapters.values()]
+
+    def _named_trainable(self) -> dict[str, Any]:
+        named = {f"head.{k}": v for k, v in self.head.named_parameters()}
+        named.update({f"adapter.{k}": v for k, v in self._adapters.items()})
+        return named
+
+    def trainable_state(self) -> dict[str, Any]:
+        self._check_ready()
+        return {k: v.detach().cpu().clone() for k, v in self._named_trainable().items()}
+
+    def load_trainable_state(self, state: Mapping[str, Any]) -> None:
+        import torch
+
+        self._check_ready()
+        named = self._named_trainable()
+        missing = sorted(set(named) - set(state))
+        unexpected = sorted(set(state) - set(named))
+        if missing or unexpected:
+            raise FclkitError(
+                f"foundation model {self.name!r} cannot load this trainable state: "
+                + "; ".join(part for part in (
+                    f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                    if missing else "",
+                    f"unexpected {', '.join(unexpected[:3])}"
+                    f"{' ...' if len(unexpected) > 3 else ''}" if unexpected else "")
+                    if part),
+                hint="the state comes from a foundation model with other options "
+                "(head, lora, ...)")
+        with torch.no_grad():
+            for key, param in named.items():
+                value = torch.as_tensor(state[key])
+                if value.shape != param.shape:
+                    raise FclkitError(
+                        f"foundation model {self.name!r}: trainable tensor {key} has shape "
+                        f"{tuple(value.shape)}, expected {tuple(param.shape)}")
+                param.copy_(value)  # in place: optimisers over trainable_parameters stay valid
+
+    # ----------------------------------------------------------------- cache
+
+    def cache_info(self) -> CacheInfo:
+        """Hits and misses (in rows) of the feature cache, its size and whether it is on."""
+        self._check_ready()
+        return self._cache.info()
+
+    def clear_cache(self) -> None:
+        self._check_ready()
+        self._cache.clear()
+
+    def _check_ready(self) -> None:
+        if getattr(self, "backbone", None) is None:
+            raise FclkitError(f"foundation model {self.name!r} is used before setup()")

@@ -1,0 +1,28 @@
+"""Built-in text plugin: the ``langid`` benchmark and small byte-level text models.
+
+* benchmark ``langid`` -- class-incremental language identification generated
+  offline with Faker (:mod:`fclkit_text.langid`);
+* client models ``text-bow``, ``text-cnn``, ``text-gru`` (:mod:`fclkit_text.models`);
+* the ``utf8-bytes`` text encoding shared by text benchmarks and foundation
+  models (:mod:`fclkit.text`).
+
+Importing this package is light (no torch, no faker).
+"""
+
+from __future__ import annotations
+
+import fclkit
+
+from .langid import LangIDBenchmark
+from .models import TEXT_MODELS
+
+
+@fclkit.hookimpl
+def register_benchmarks(register):
+    register(LangIDBenchmark)
+
+
+@fclkit.hookimpl
+def register_client_models(register):
+    for cls in TEXT_MODELS:
+        register(cls)
