@@ -71,7 +71,7 @@ class TinyReplay(fclkit.ContinualStrategy):
 
 
 def main(output: str = "runs") -> dict[str, float]:
-    base = fclkit.ExperimentConfig(clients=3, tasks=5, output=output)
+    base = fclkit.ExperimentConfig(fusion="fedavg", clients=3, tasks=5, output=output)
     scores = {}
     for cl in ("naive", "tiny-replay"):
         result = fclkit.run(base.evolve(cl=cl), components=[TinyReplay])

@@ -156,7 +156,7 @@ class ExperimentConfig:
         "(heterogeneous run)", _names, _to_names)
     model_options: dict = setting(
         attrs.Factory(dict), "options passed to every small-model architecture", _table, _to_dict)
-    cl: str = setting("naive", "continual-learning strategy of the small models", _name)
+    cl: str = setting("replay", "continual-learning strategy of the small models", _name)
     cl_options: dict = setting(attrs.Factory(dict), "options of the strategy", _table, _to_dict)
     epochs: int = setting(5, "local epochs per round", int_at_least(1))
     batch_size: int = setting(16, "mini-batch size of local training", int_at_least(1))
@@ -166,9 +166,11 @@ class ExperimentConfig:
     weight_decay: float = setting(0.0, "L2 weight decay", float_in(0.0, 1.0))
 
     # the server side
-    fusion: str = setting("fedavg", "how the server fuses the clients' uploads", _name)
+    fusion: str = setting("one-by-one", "how the server fuses the clients' uploads", _name)
     fusion_options: dict = setting(attrs.Factory(dict), "options of the fusion", _table, _to_dict)
-    fm: str = setting("none", "foundation model ('none' for none)", _name)
+    fm: str = setting(
+        "auto", "foundation model: a name, 'none', or 'auto' (the benchmark's default FM "
+        "when the fusion needs one, else none)", _name)
     fm_options: dict = setting(
         attrs.Factory(dict), "options of the foundation model", _table, _to_dict)
     rounds: int = setting(3, "federated rounds per task", int_at_least(1))

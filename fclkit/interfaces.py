@@ -238,6 +238,9 @@ class StreamSpec:
 class Benchmark(Component):
     """Yields per-client task streams, their test splits and the server's public set."""
 
+    #: The foundation model ``fm = "auto"`` picks for this benchmark (None: no default).
+    default_foundation_model: ClassVar[str | None] = None
+
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 

@@ -62,5 +62,5 @@ def plain_sgd():
 @pytest.fixture
 def tiny(tmp_path):
     """A tiny, fast configuration writing into a temporary folder."""
-    return fclkit.ExperimentConfig(cl="plain-sgd", clients=2, tasks=2, rounds=2, epochs=1,
-                                   output=str(tmp_path / "runs"))
+    return fclkit.ExperimentConfig(cl="plain-sgd", fusion="fedavg", clients=2, tasks=2, rounds=2,
+                                   epochs=1, output=str(tmp_path / "runs"))

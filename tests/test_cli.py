@@ -30,8 +30,10 @@ def test_plugins_options_show_help_texts():
 
 @pytest.mark.parametrize("args,expected", [
     (["--cl", "nope"], "unknown strategy 'nope'; available:"),
-    (["--fusion", "nope"], "unknown fusion 'nope'; available: fedavg, isolated, one-by-one"),
-    (["--client-models", "resnet999"], "unknown client model 'resnet999'; available: cnn, lenet, mlp"),
+    (["--fusion", "nope"],
+     "unknown fusion 'nope'; available: fedavg, fm-only, isolated, one-by-one"),
+    (["--client-models", "resnet999"],
+     "unknown client model 'resnet999'; available: cnn, lenet, mlp"),
     (["--benchmark", "nope"], "unknown benchmark 'nope'; available: digits, langid, mnist"),
     (["--engine", "nope"], "unknown engine 'nope'; available: local"),
     (["--fm", "nope"], "unknown foundation model 'nope'"),

@@ -63,7 +63,7 @@ def test_one_client_without_federation_matches_avalanche(name, tmp_path):
 
 
 def test_replay_forgets_less_than_naive_in_a_federated_run(tmp_path):
-    base = fclkit.ExperimentConfig(clients=2, tasks=4, rounds=2, epochs=3,
+    base = fclkit.ExperimentConfig(fusion="fedavg", clients=2, tasks=4, rounds=2, epochs=3,
                                    output=str(tmp_path))
     naive = fclkit.run(base.evolve(cl="naive"), write_results=False).summary("small")
     replay = fclkit.run(base.evolve(cl="replay"), write_results=False).summary("small")

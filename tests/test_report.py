@@ -14,7 +14,8 @@ from fclkit.cli import app
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    base = fclkit.ExperimentConfig(cl="plain-sgd", clients=2, tasks=3, rounds=1, epochs=1,
+    base = fclkit.ExperimentConfig(cl="plain-sgd", fusion="fedavg", clients=2, tasks=3,
+                                   rounds=1, epochs=1,
                                    output=str(out))
     a = fclkit.run(base.evolve(name="a"), components=[PlainSGD]).run_dir
     b = fclkit.run(base.evolve(name="b", fusion="isolated"), components=[PlainSGD]).run_dir

@@ -18,7 +18,7 @@ def test_run_writes_a_complete_results_folder(tiny, plain_sgd):
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "checkpoint", "config.toml", "metrics.json", "rounds.csv", "run.json"]
     saved = tomllib.loads((run_dir / "config.toml").read_text())
-    assert fclkit.ExperimentConfig(**saved) == tiny
+    assert fclkit.ExperimentConfig(**saved) == tiny.evolve(fm="none")  # 'auto' resolved
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["seed"] == 0
     assert info["versions"]["fclkit"] == fclkit.__version__

@@ -80,14 +80,14 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, registry: Registry,
                  reporter: Reporter | None = None) -> None:
-        self.config = config
         self.registry = registry
         self.reporter = reporter or Reporter()
-        c = config
-        self.strategy = registry.get("strategy", c.cl)
-        self.fusion_entry = registry.get("fusion", c.fusion)
-        self.benchmark_entry = registry.get("benchmark", c.benchmark)
-        self.engine_entry = registry.get("engine", c.engine)
+        self.strategy = registry.get("strategy", config.cl)
+        self.fusion_entry = registry.get("fusion", config.fusion)
+        self.benchmark_entry = registry.get("benchmark", config.benchmark)
+        self.engine_entry = registry.get("engine", config.engine)
+        #: the configuration with ``fm = "auto"`` resolved (what results record)
+        self.config = c = config.evolve(fm=self._resolve_fm(config))
         self.fm_entry = None if c.fm == "none" else registry.get("foundation_model", c.fm)
         self.model_entries = {n: registry.get("client_model", n) for n in c.client_models}
         self.architectures = {k: c.client_models[k % len(c.client_models)]
@@ -122,6 +122,20 @@ class Experiment:
         self.resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ resolving
+
+    def _resolve_fm(self, config: ExperimentConfig) -> str:
+        if config.fm != "auto":
+            return config.fm
+        if not self.fusion_entry.cls.requires_foundation_model:
+            return "none"
+        default = self.benchmark_entry.cls.default_foundation_model
+        if default is None:
+            raise IncompatibleComponentsError(
+                f"fusion {config.fusion!r} needs a foundation model and benchmark "
+                f"{config.benchmark!r} names no default one",
+                hint="pass --fm NAME; available: "
+                + (", ".join(self.registry.names("foundation_model")) or "none installed"))
+        return default
 
     def _model_options(self, table: Mapping[str, Any]) -> dict[str, Any]:
         """Flat keys go to every architecture that has them; ``{arch = {...}}`` to one."""
@@ -447,6 +461,7 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
         config = load_config(Path(resume) / "config.toml")
         resume_state = load_checkpoint(resume)
     experiment = Experiment(config, registry, reporter)
+    config = experiment.config  # fm = "auto" resolved
     if config.threads:
         import torch
 

@@ -19,6 +19,7 @@ from fclkit.stream import FederatedStream, InputSpec
 class DigitsBenchmark(Benchmark):
     name = "digits"
     description = "scikit-learn's 8x8 digits (1,797 real images, 10 classes), offline"
+    default_foundation_model = "efficientnet-lite"
 
     @attrs.frozen
     class Options:

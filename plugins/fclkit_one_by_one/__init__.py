@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 import fclkit
-from fclkit.config import int_at_least, one_of, positive_float, setting
+from fclkit.config import float_in, int_at_least, one_of, positive_float, setting
 from fclkit.interfaces import KnowledgeFusion
 from fclkit.messages import Download, Failure, FusionResult, RoundInfo, Upload
 
@@ -48,7 +48,7 @@ class OneByOneDistillation(KnowledgeFusion):
             "others-first", "teacher order for client k: 'others-first' (k's own model "
             "last), 'own-first', 'by-id' or 'random'",
             one_of("others-first", "own-first", "by-id", "random"))
-        epochs: int = setting(2, "distillation epochs over the public set, per teacher",
+        epochs: int = setting(20, "distillation epochs over the public set, per teacher",
                               int_at_least(1))
         batch_size: int = setting(64, "mini-batch size of server distillation",
                                   int_at_least(1))
@@ -60,6 +60,10 @@ class OneByOneDistillation(KnowledgeFusion):
             "previous FM part on the classes the teacher has not seen), 'l2' (pull towards "
             "it) or 'none'", one_of("kd", "l2", "none"))
         anchor_weight: float = setting(1.0, "weight of the anchor term", _nonneg)
+        min_confidence: float = setting(
+            0.0, "distil a teacher only on public examples where its top probability "
+            "(over the classes it has seen) is at least this (0: on every example)",
+            float_in(0.0, 1.0))
         personalise: bool = setting(
             True, "True: one FM part per client; False: every client gets the global one")
 
@@ -161,10 +165,15 @@ class OneByOneDistillation(KnowledgeFusion):
             optimizer = torch.optim.Adam(params, lr=opt_cfg.lr)
             gen = torch.Generator().manual_seed(derive_seed(self.context.seed, "obod",
                                                             *seed_parts, step))
-            for _ in range(opt_cfg.epochs):
-                perm = torch.randperm(n, generator=gen)
-                for i in range(0, n, opt_cfg.batch_size):
-                    idx = perm[i:i + opt_cfg.batch_size]
+            rows = torch.arange(n)
+            if opt_cfg.min_confidence > 0:
+                cols = torch.tensor(t_classes, dtype=torch.long)
+                conf = t_logits.index_select(1, cols).softmax(dim=1).max(dim=1).values
+                rows = rows[conf >= opt_cfg.min_confidence]
+            for _ in range(opt_cfg.epochs if len(rows) else 0):
+                order = rows[torch.randperm(len(rows), generator=gen)]
+                for i in range(0, len(order), opt_cfg.batch_size):
+                    idx = order[i:i + opt_cfg.batch_size]
                     student = fm.forward(x_pub[idx])
                     loss = kd_loss(student, t_logits[idx].to(student.device),
                                    opt_cfg.temperature, t_classes)
@@ -200,4 +209,7 @@ class OneByOneDistillation(KnowledgeFusion):
 
 @fclkit.hookimpl
 def register_fusions(register):
+    from .fm_only import PublicDataFM
+
     register(OneByOneDistillation)
+    register(PublicDataFM)

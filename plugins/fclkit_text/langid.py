@@ -90,6 +90,7 @@ class LangIDBenchmark(Benchmark):
     name = "langid"
     description = ("language identification (10 languages by default) from Faker's word "
                    "lists, as UTF-8 byte rows; offline")
+    default_foundation_model = "hf"
 
     @attrs.frozen
     class Options:

