@@ -1,0 +1,189 @@
+"""The comparison: one-by-one distillation against the baselines, over several seeds.
+
+    python examples/compare.py --benchmark digits --seeds 0 1 2
+
+For each benchmark and seed it runs
+
+* the method: ``--fusion one-by-one`` with each of naive / ewc / lwf / replay, with
+  homogeneous small models and with heterogeneous ones;
+* the baselines: FedAvg fine-tuning (fedavg x naive), FedLwF (fedavg x lwf),
+  FedEWC (fedavg x ewc), and the foundation model without private data
+  (``fm-only``),
+
+and writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final
+average accuracy and average forgetting of every evaluated model, a figure, and
+the command that made them. Every run's results folder stays under ``--output``
+(``fclkit report`` draws any of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import fclkit
+
+SMALL_MODELS = {  # homogeneous, heterogeneous
+    "digits": ("mlp", "mlp,cnn,lenet"),
+    "mnist": ("cnn", "mlp,cnn,lenet"),
+    "langid": ("text-bow", "text-bow,text-cnn,text-gru"),
+}
+METHOD = [("one-by-one", cl) for cl in ("naive", "ewc", "lwf", "replay")]
+BASELINES = [("fedavg", "naive", "FedAvg fine-tuning"), ("fedavg", "lwf", "FedLwF"),
+             ("fedavg", "ewc", "FedEWC"), ("fm-only", "naive", "FM without private data")]
+MODELS = ("fm", "fm_global", "small")
+LABELS = {"fm": "personalised FM", "fm_global": "global FM", "small": "small models"}
+
+
+def plan(benchmark: str) -> list[dict]:
+    homo, hetero = SMALL_MODELS[benchmark]
+    runs = []
+    for models, kind in ((homo, "homogeneous"), (hetero, "heterogeneous")):
+        for fusion, cl in METHOD:
+            runs.append({"label": f"one-by-one × {cl}", "fusion": fusion, "cl": cl,
+                         "client_models": models, "models": kind})
+    for fusion, cl, label in BASELINES:
+        runs.append({"label": label, "fusion": fusion, "cl": cl, "client_models": homo,
+                     "models": "homogeneous"})
+    return runs
+
+
+def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict) -> list:
+    rows = []
+    total = sum(len(plan(b)) for b in benchmarks) * len(seeds)
+    done = 0
+    for benchmark in benchmarks:
+        for spec in plan(benchmark):
+            for seed in seeds:
+                name = (f"{benchmark}-{spec['fusion']}-{spec['cl']}-{spec['models'][:6]}"
+                        f"-s{seed}")
+                metrics_path = output / name / "metrics.json"
+                if metrics_path.exists():  # resume an interrupted comparison
+                    metrics = json.loads(metrics_path.read_text())
+                else:
+                    config = fclkit.ExperimentConfig(
+                        benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
+                        client_models=spec["client_models"], seed=seed,
+                        output=str(output), name=name, **overrides)
+                    started = time.perf_counter()
+                    metrics = fclkit.run(config).metrics
+                    print(f"[{done + 1}/{total}] {name}: "
+                          f"{time.perf_counter() - started:.0f}s", flush=True)
+                done += 1
+                rows.append({**spec, "benchmark": benchmark, "seed": seed,
+                             "results": {m: {"accuracy": metrics["mean"][m]["average_accuracy"],
+                                             "forgetting": metrics["mean"][m][
+                                                 "average_forgetting"]}
+                                         for m in metrics["models"]}})
+    return rows
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def summarise(rows: list[dict]) -> dict:
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["benchmark"], r["label"], r["models"])
+        g = groups.setdefault(key, {m: {"accuracy": [], "forgetting": []} for m in MODELS})
+        for m, res in r["results"].items():
+            g[m]["accuracy"].append(res["accuracy"])
+            if res["forgetting"] is not None:
+                g[m]["forgetting"].append(res["forgetting"])
+    return groups
+
+
+def figure(groups: dict, benchmark: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in groups if k[0] == benchmark]
+    labels = [f"{k[1]}\n({k[2][:6]}.)" for k in keys]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys)), 4.5))
+    width = 0.27
+    for i, m in enumerate(MODELS):
+        means = [100 * statistics.fmean(groups[k][m]["accuracy"])
+                 if groups[k][m]["accuracy"] else 0 for k in keys]
+        stds = [100 * statistics.stdev(groups[k][m]["accuracy"])
+                if len(groups[k][m]["accuracy"]) > 1 else 0 for k in keys]
+        ax.bar([x + (i - 1) * width for x in range(len(keys))], means, width, yerr=stds,
+               label=LABELS[m], capsize=2)
+    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="final average accuracy (%)", ylim=(0, 100),
+           title=f"{benchmark}: final average accuracy (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+ANALYSIS = "<!-- analysis: kept when the tables are refreshed -->"
+
+
+def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
+              command: str, seconds: float) -> None:
+    kept = ""
+    if doc.exists() and ANALYSIS in doc.read_text(encoding="utf-8"):
+        kept = doc.read_text(encoding="utf-8").split(ANALYSIS, 1)[1]
+    figures = doc.parent / "results"
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = ["# Results: does the method work?", "",
+             "<!-- written by examples/compare.py; rerun it to refresh -->", "",
+             f"Made by `{command}` in {seconds / 60:.0f} minutes on a 2-core CPU machine "
+             f"(seeds {', '.join(map(str, seeds))}; fclkit {fclkit.__version__}).", "",
+             "Final average accuracy and average forgetting, in %, mean ± std over seeds "
+             "(each seed: mean over clients). '–': the run has no such model (FedAvg "
+             "baselines have no foundation model).", ""]
+    for b in benchmarks:
+        figure(groups, b, figures / f"{b}-accuracy.png")
+        lines += [f"## {b}", "",
+                  "| run | small models | personalised FM acc. | personalised FM forg. | "
+                  "global FM acc. | small acc. | small forg. |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, g in groups.items():
+            if key[0] != b:
+                continue
+            lines.append(
+                f"| {key[1]} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
+                f"{_cell(g['fm']['forgetting'])} | {_cell(g['fm_global']['accuracy'])} | "
+                f"{_cell(g['small']['accuracy'])} | {_cell(g['small']['forgetting'])} |")
+        lines += ["", f"![{b}](results/{b}-accuracy.png)", ""]
+    doc.write_text("\n".join(lines) + "\n" + ANALYSIS + kept, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", nargs="+", default=["digits"],
+                        choices=sorted(SMALL_MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/results.md"),
+                        help="where the table goes; an analysis section is kept if present")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="configuration overrides for every run, e.g. rounds=2")
+    args = parser.parse_args(argv)
+    overrides = fclkit.config.parse_option_pairs(args.set, "--set")
+    started = time.perf_counter()
+    rows = run_all(args.benchmark, args.seeds, args.output, overrides)
+    (args.output / "comparison.json").write_text(json.dumps(rows, indent=1))
+    command = "python examples/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_doc(summarise(rows), args.benchmark, args.seeds, args.doc, command.strip(),
+              time.perf_counter() - started)
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The method: FM guidance of the small models (SMCF) and one-by-one distillation (OBOD)."""
+
+import pytest
+
+import fclkit
+from fclkit.messages import Download, RoundInfo, Upload
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return fclkit.ExperimentConfig(cl="naive", clients=2, tasks=2, rounds=2, epochs=2,
+                                   threads=1, output=str(tmp_path_factory.mktemp("runs")))
+
+
+def _small(result, cid):
+    return result.metrics["per_client"][str(cid)]["small"]["accuracy_matrix"]
+
+
+def test_method_run_evaluates_small_personalised_and_global_models(base):
+    result = fclkit.run(base, write_results=False)
+    assert result.metrics["models"] == ["small", "fm", "fm_global"]
+    fm = result.summary("fm")
+    assert fm["accuracy_matrix"][0][0] > 0.6  # the FM learnt task 1 from the small models
+    assert result.config.fm == "efficientnet-lite"  # 'auto' resolved for digits
+
+
+def test_guidance_weight_zero_turns_guidance_off(base):
+    """Without guidance, one-by-one sends the small models nothing: they train alone."""
+    off = fclkit.run(base.evolve(guidance_weight=0.0), write_results=False)
+    alone = fclkit.run(base.evolve(fusion="isolated"), write_results=False)
+    on = fclkit.run(base, write_results=False)
+    for cid in (0, 1):
+        assert _small(off, cid) == _small(alone, cid)
+    assert any(_small(on, cid) != _small(alone, cid) for cid in (0, 1))
+
+
+def test_heterogeneous_small_models_are_fused(base):
+    result = fclkit.run(base.evolve(client_models="mlp,cnn"), write_results=False)
+    assert result.metrics["architectures"] == {"0": "mlp", "1": "cnn"}
+    assert result.summary("fm")["accuracy_matrix"][0][0] > 0.6
+
+
+def _fusion(base, **options):
+    """A one-by-one fusion set up as a run would set it up."""
+    from fclkit.plugins import build_registry
+    from fclkit.runtime.experiment import Experiment
+
+    exp = Experiment(base.evolve(fusion_options=options), build_registry())
+    exp.prepare()
+    return exp, exp.server.fusion
+
+
+def _uploads(exp):
+    import torch
+
+    out = []
+    for cid in (0, 1):
+        model = exp.build_small_model("mlp")
+        torch.manual_seed(cid)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))  # two different teachers
+        out.append(Upload(client_id=cid, architecture="mlp", classes_seen=(0, 1, 2),
+                          num_examples=10, small_state=model.state_dict()))
+    return out
+
+
+def test_personalised_parts_differ_and_carry_their_classes(base):
+    exp, fusion = _fusion(base, epochs=2)
+    result = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
+    d0, d1 = result.downloads[0], result.downloads[1]
+    assert isinstance(d0, Download) and d0.metadata["fm_classes"] == [0, 1, 2]
+    assert any((d0.fm_state[k] != d1.fm_state[k]).any() for k in d0.fm_state)
+    assert result.global_fm_state is not None
+
+
+def test_personalise_false_sends_everyone_the_global_part(base):
+    exp, fusion = _fusion(base, epochs=2, personalise=False)
+    result = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
+    for k in result.downloads[0].fm_state:
+        assert (result.downloads[0].fm_state[k] == result.global_fm_state[k]).all()
+
+
+@pytest.mark.parametrize("order,expected", [
+    ("others-first", [1, 2, 0]), ("own-first", [0, 1, 2]), ("by-id", [0, 1, 2])])
+def test_teacher_order(base, order, expected):
+    exp, fusion = _fusion(base, order=order)
+    assert fusion._order(0, [0, 1, 2], RoundInfo(0, 0, 1)) == expected
+
+
+def test_fm_only_ignores_private_models(base):
+    result = fclkit.run(base.evolve(fusion="fm-only"), write_results=False)
+    alone = fclkit.run(base.evolve(fusion="isolated"), write_results=False)
+    assert _small(result, 0) == _small(alone, 0)  # no guidance reaches the clients
+    assert result.summary("fm")["average_accuracy"] > 0.5
