@@ -1,0 +1,78 @@
+"""Every built-in component passes the contract suite that plugin authors use."""
+
+import pytest
+
+from fclkit import testing
+from fclkit.plugins import build_registry
+
+REGISTRY = build_registry()
+BUILTIN = {kind: sorted(n for n, e in REGISTRY.components[kind].items()
+                        if e.distribution == "fclkit")
+           for kind in REGISTRY.components}
+OFFLINE_BENCHMARKS = ["digits", "mnist", "langid"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", BUILTIN["strategy"])
+def test_strategy_contract(name):
+    testing.check_strategy(REGISTRY.get("strategy", name).cls)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "isolated"])
+def test_fusion_contract(name):
+    testing.check_fusion(REGISTRY.get("fusion", name).cls)
+
+
+@pytest.mark.parametrize("name", ["one-by-one", "fm-only"])
+def test_fm_fusion_contract(name):
+    fm = REGISTRY.get("foundation_model", "efficientnet-lite").cls()
+    fm.setup(testing.INPUT_SPECS["image"], testing.NUM_CLASSES, "cpu")
+    testing.check_fusion(REGISTRY.get("fusion", name).cls, {"epochs": 1}, foundation_model=fm)
+
+
+@pytest.mark.parametrize("name", BUILTIN["client_model"])
+def test_client_model_contract(name):
+    testing.check_client_model(REGISTRY.get("client_model", name).cls)
+
+
+@pytest.mark.parametrize("name", OFFLINE_BENCHMARKS)
+def test_benchmark_contract(name):
+    testing.check_benchmark(REGISTRY.get("benchmark", name).cls)
+
+
+def test_every_offline_builtin_is_covered():
+    assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only"}
+    assert set(OFFLINE_BENCHMARKS) <= set(BUILTIN["benchmark"])
+
+
+def test_a_broken_strategy_fails_the_contract_with_a_reason():
+    from conftest import PlainSGD
+
+    class Forgetful(PlainSGD):
+        name = "forgetful"
+
+        def __init__(self, model, options, context):
+            super().__init__(model, options, context)
+            self.seen = 0
+
+        def train_round(self, task, **kw):
+            self.seen += 1  # kept between rounds but not in the state
+            if self.seen > 2:
+                import torch
+
+                with torch.no_grad():
+                    for p in self.model.parameters():
+                        p.mul_(0.5)
+            return super().train_round(task, **kw)
+
+    with pytest.raises(AssertionError, match="diverged from the uninterrupted one"):
+        testing.check_strategy(Forgetful)
