@@ -43,7 +43,7 @@ INPUT_SPECS = {
 }
 
 
-def _options(cls: type, options: dict[str, Any] | None) -> Any:
+def _options(cls: Any, options: dict[str, Any] | None) -> Any:
     return build_options(cls.Options, options or {}, component=cls.__name__, table="options")
 
 
@@ -94,8 +94,9 @@ def _mlp(spec: InputSpec) -> Any:
 
 
 def _context(**changes: Any) -> TrainContext:
-    fields = {"device": "cpu", "seed": 0, "num_classes": NUM_CLASSES, "batch_size": 16,
-              "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0}
+    fields: dict[str, Any] = {"device": "cpu", "seed": 0, "num_classes": NUM_CLASSES,
+                              "batch_size": 16, "lr": 0.05, "optimizer": "sgd",
+                              "momentum": 0.9, "weight_decay": 0.0}
     fields.update(changes)
     return TrainContext(**fields)
 
@@ -109,7 +110,7 @@ def _train(strategy: Any, task: TaskData, rounds: int, extra_losses: tuple = ())
                              extra_losses=extra_losses)
 
 
-def check_strategy(cls: type, options: dict[str, Any] | None = None, *,
+def check_strategy(cls: Any, options: dict[str, Any] | None = None, *,
                    rounds: int = 2) -> None:
     """A ContinualStrategy trains, saves its state safely, and resumes exactly."""
     import torch
@@ -169,7 +170,7 @@ def _uploads(build: Any, architectures: dict[int, str], classes: tuple[int, ...]
     return out
 
 
-def check_fusion(cls: type, options: dict[str, Any] | None = None, *,
+def check_fusion(cls: Any, options: dict[str, Any] | None = None, *,
                  foundation_model: Any = None, client_models: dict[str, Any] | None = None,
                  input_spec: InputSpec | None = None) -> None:
     """A KnowledgeFusion fuses what arrived, tolerates failures, and saves its state.
@@ -219,7 +220,7 @@ def check_fusion(cls: type, options: dict[str, Any] | None = None, *,
                              ) from None
 
 
-def check_client_model(cls: type, options: dict[str, Any] | None = None) -> None:
+def check_client_model(cls: Any, options: dict[str, Any] | None = None) -> None:
     """A ClientModel builds for each modality it declares and returns trainable logits."""
     import torch
 
@@ -238,7 +239,7 @@ def check_client_model(cls: type, options: dict[str, Any] | None = None) -> None
             f"{cls.__name__}: no parameter receives a gradient")
 
 
-def check_benchmark(cls: type, options: dict[str, Any] | None = None, *,
+def check_benchmark(cls: Any, options: dict[str, Any] | None = None, *,
                     clients: int = 2, tasks: int = 2) -> None:
     """A Benchmark builds a stream of the asked shape with consistent labels."""
     bench = cls(_options(cls, options))
