@@ -34,18 +34,31 @@ def test_pip_installed_plugin_is_listed(installed_example):
     out = _fclkit(installed_example, "plugins")
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
-    assert "l2-anchor" in text and "fclkit-plugin-example 0.1.0" in text
+    for name in ("l2-anchor", "logreg", "fedavgm"):
+        assert name in text
+    assert "fclkit-plugin-example 0.1.0" in text
 
 
 def test_pip_installed_strategy_runs_by_name(installed_example, tmp_path):
     out = _fclkit(installed_example, "run", "--cl", "l2-anchor", "--cl-opt", "strength=0.5",
-                  "--clients", "2", "--tasks", "2", "--rounds", "1", "--epochs", "1",
+                  "--client-models", "logreg", "--fusion", "fedavgm",
+                  "--clients", "2", "--tasks", "2", "--rounds", "2", "--epochs", "1",
                   "--quiet", "--output", str(tmp_path), "--name", "ex")
     assert out.returncode == 0, out.stderr
     info = json.loads((tmp_path / "ex" / "run.json").read_text())
-    (strategy,) = [c for c in info["components"] if c["kind"] == "strategy"]
-    assert strategy == {"kind": "strategy", "name": "l2-anchor", "plugin": "example",
-                        "distribution": "fclkit-plugin-example", "version": "0.1.0"}
+    used = {c["kind"]: c for c in info["components"]}
+    for kind, name in (("strategy", "l2-anchor"), ("client_model", "logreg"),
+                       ("fusion", "fedavgm")):
+        assert used[kind] == {"kind": kind, "name": name, "plugin": "example",
+                              "distribution": "fclkit-plugin-example", "version": "0.1.0"}
+
+
+def test_example_plugin_passes_its_own_contract_tests(installed_example):
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(EXAMPLE_PLUGIN / "tests")], env=installed_example,
+                         capture_output=True, text=True, cwd=EXAMPLE_PLUGIN)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 passed" in out.stdout
 
 
 def test_plugin_allow_list_can_exclude_it(installed_example):

@@ -1,0 +1,18 @@
+"""The plugin's components keep fclkit's contracts (run: pytest)."""
+
+from fclkit.testing import check_client_model, check_fusion, check_strategy
+from fclkit_plugin_example.fusion import FedAvgM
+from fclkit_plugin_example.model import LogisticRegression
+from fclkit_plugin_example.strategy import L2Anchor
+
+
+def test_l2_anchor():
+    check_strategy(L2Anchor, {"strength": 0.5})
+
+
+def test_logreg():
+    check_client_model(LogisticRegression)
+
+
+def test_fedavgm():
+    check_fusion(FedAvgM)
