@@ -109,7 +109,7 @@ def figure(groups: dict, benchmark: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in groups if k[0] == benchmark]
-    labels = [f"{k[1]}\n({k[2][:6]}.)" for k in keys]
+    labels = [f"{k[1]}\n({k[2]})" for k in keys]
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys)), 4.5))
     width = 0.27
     for i, m in enumerate(MODELS):
