@@ -200,7 +200,8 @@ class ExperimentConfig:
         True, "write a checkpoint at the end of every round so `fclkit run --resume RUN_DIR` "
         "can continue the run", boolean)
     threads: int = setting(
-        0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models",
+        0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models. "
+        "Accuracies are bit-identical for the same seed and thread count",
         int_at_least(0))
     device: str = setting("cpu", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
     output: str = setting("runs", "folder in which each run writes its results folder",

@@ -71,6 +71,14 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    return int(torch.get_num_threads())
+
+
 def write_start(run_dir: Path, config: ExperimentConfig, used: Iterable[Any]) -> None:
     atomic_write_text(run_dir / "config.toml", dump_toml(config))
     write_json(run_dir / "run.json", {
@@ -78,6 +86,9 @@ def write_start(run_dir: Path, config: ExperimentConfig, used: Iterable[Any]) ->
         "seed": config.seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
+        # torch's float reductions depend on the thread count: same seed + same count
+        # gives bit-identical accuracies
+        "torch_threads": _torch_threads(),
         "versions": _versions(),
         "components": [{"kind": e.kind, "name": e.name, "plugin": e.plugin,
                         "distribution": e.distribution, "version": e.version}

@@ -462,9 +462,10 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
         resume_state = load_checkpoint(resume)
     experiment = Experiment(config, registry, reporter)
     config = experiment.config  # fm = "auto" resolved
-    if config.threads:
-        import torch
+    import torch
 
+    threads_before = torch.get_num_threads()
+    if config.threads:  # restored when the run ends: no global state leaks to the caller
         torch.set_num_threads(config.threads)
     if resume is None:
         run_dir = results.create_run_dir(config) if write_results else None
@@ -484,6 +485,7 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
         raise
     finally:
         experiment.reporter.close()
+        torch.set_num_threads(threads_before)
     metrics = experiment.metrics or {}
     metrics["timings_seconds"]["total"] = (
         time.perf_counter() - started + (resume_state or {}).get("timings", {}).get("total", 0))
