@@ -35,7 +35,7 @@ def test_plugins_options_show_help_texts():
     (["--client-models", "resnet999"],
      "unknown client model 'resnet999'; available: cnn, lenet, mlp"),
     (["--benchmark", "nope"], "unknown benchmark 'nope'; available: digits, langid, mnist"),
-    (["--engine", "nope"], "unknown engine 'nope'; available: local"),
+    (["--engine", "nope"], "unknown engine 'nope'; available: flower, local"),
     (["--fm", "nope"], "unknown foundation model 'nope'"),
     (["--clients", "0"], "invalid clients = 0: must be an integer >= 1"),
     (["--rounds", "-1"], "invalid rounds = -1: must be an integer >= 1"),

@@ -23,7 +23,7 @@ def test_every_hook_is_documented_in_plugins_guide(hook):
 def test_every_doc_page_linked_from_readme_exists():
     readme = (DOCS.parent / "README.md").read_text()
     for page in ("quickstart", "configuration", "architecture", "plugins", "method",
-                 "results-format"):
+                 "results-format", "results", "distributed", "reliability", "bad-inputs"):
         assert f"docs/{page}.md" in readme
         assert (DOCS / f"{page}.md").exists()
 

@@ -1,9 +1,10 @@
 """The plugin's components keep fclkit's contracts (run: pytest)."""
 
-from fclkit.testing import check_client_model, check_fusion, check_strategy
 from fclkit_plugin_example.fusion import FedAvgM
 from fclkit_plugin_example.model import LogisticRegression
 from fclkit_plugin_example.strategy import L2Anchor
+
+from fclkit.testing import check_client_model, check_fusion, check_strategy
 
 
 def test_l2_anchor():
