@@ -69,6 +69,9 @@ def run(
     partition: Annotated[str | None, typer.Option(help=_help("partition"))] = None,
     dirichlet_alpha: Annotated[float | None, typer.Option(help=_help("dirichlet_alpha"))] = None,
     seed: Annotated[int | None, typer.Option(help=_help("seed"))] = None,
+    threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
+    guidance_weight: Annotated[float | None, typer.Option(
+        help=_help("guidance_weight"))] = None,
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
     name: Annotated[str | None, typer.Option(help=_help("name"))] = None,
@@ -97,6 +100,7 @@ def run(
             "benchmark": benchmark, "engine": engine, "clients": clients, "tasks": tasks,
             "rounds": rounds, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "partition": partition, "dirichlet_alpha": dirichlet_alpha, "seed": seed,
+            "threads": threads, "guidance_weight": guidance_weight,
             "device": device, "output": str(output) if output is not None else None,
             "name": name,
         }

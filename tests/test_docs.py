@@ -55,3 +55,20 @@ def test_bad_input_table_matches_the_program(args, expected, tmp_path, monkeypat
 
 def test_bad_input_table_has_the_cli_rows():
     assert len(_documented_cli_rows()) >= 20
+
+
+def test_every_flag_the_docs_use_exists():
+    import re
+
+    from typer.testing import CliRunner
+
+    from fclkit.cli import app
+
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    pages = [*DOCS.glob("*.md"), DOCS.parent / "README.md", DOCS.parent / "CONTRIBUTING.md"]
+    used = set()
+    for page in pages:
+        for command in re.findall(r"fclkit run[^`|\n]*", page.read_text()):
+            used |= set(re.findall(r"--[a-z][a-z-]+", command))
+    missing = sorted(flag for flag in used if flag not in help_text)
+    assert not missing, f"docs use flags that `fclkit run` does not have: {missing}"
