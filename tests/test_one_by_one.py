@@ -93,3 +93,11 @@ def test_fm_only_ignores_private_models(base):
     alone = fclkit.run(base.evolve(fusion="isolated"), write_results=False)
     assert _small(result, 0) == _small(alone, 0)  # no guidance reaches the clients
     assert result.summary("fm")["average_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("mode,expected", [("seen", [0, 1, 2, 3]), ("task", [2, 3])])
+def test_teacher_classes_option(base, mode, expected):
+    exp, fusion = _fusion(base, teacher_classes=mode)
+    upload = Upload(client_id=0, architecture="mlp", classes_seen=(0, 1, 2, 3),
+                    num_examples=5, small_state={}, metadata={"task_classes": [2, 3]})
+    assert fusion._classes_of(upload) == expected

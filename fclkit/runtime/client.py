@@ -82,6 +82,7 @@ class Client:
             classes_seen=tuple(sorted(self.classes_seen)), num_examples=report.num_examples,
             small_state={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             metadata={"task": round_info.task, "round": round_info.round,
+                      "task_classes": list(task.classes),
                       "train_loss": report.loss, "steps": report.steps,
                       "train_seconds": seconds})
 

@@ -60,6 +60,10 @@ class OneByOneDistillation(KnowledgeFusion):
             "previous FM part on the classes the teacher has not seen), 'l2' (pull towards "
             "it) or 'none'", one_of("kd", "l2", "none"))
         anchor_weight: float = setting(1.0, "weight of the anchor term", _nonneg)
+        teacher_classes: str = setting(
+            "seen", "classes each teacher is distilled on: 'seen' (every class it has seen) "
+            "or 'task' (its current task's classes only; the anchor keeps the older ones, "
+            "as in a separated softmax)", one_of("seen", "task"))
         min_confidence: float = setting(
             0.0, "distil a teacher only on public examples where its top probability "
             "(over the classes it has seen) is at least this (0: on every example)",
@@ -87,7 +91,7 @@ class OneByOneDistillation(KnowledgeFusion):
         if not uploads:
             return FusionResult(downloads={})
         x_pub = self.context.public.x
-        teachers = {u.client_id: (self._teacher_logits(u, x_pub), list(u.classes_seen))
+        teachers = {u.client_id: (self._teacher_logits(u, x_pub), self._classes_of(u))
                     for u in uploads}
         ids = sorted(teachers)
         self.global_state, self.global_classes = self._distil(
@@ -106,6 +110,11 @@ class OneByOneDistillation(KnowledgeFusion):
             downloads[k] = Download(fm_state=state, metadata={"fm_classes": list(classes)})
         return FusionResult(downloads=downloads, global_fm_state=self.global_state,
                             metadata={"teachers": ids})
+
+    def _classes_of(self, upload: Upload) -> list[int]:
+        if self.options.teacher_classes == "task" and "task_classes" in upload.metadata:
+            return sorted(int(c) for c in upload.metadata["task_classes"])
+        return list(upload.classes_seen)
 
     def _order(self, k: int, ids: list[int], round_info: RoundInfo) -> list[int]:
         mode = self.options.order
