@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import attrs
 
+from fclkit import network
 from fclkit.config import boolean, positive_float, setting
 from fclkit.errors import BenchmarkUnavailableError
 from fclkit.interfaces import Benchmark, StreamSpec
@@ -46,27 +46,7 @@ def avalanche_dataset_location(name: str) -> Path:
     return Path(os.path.expanduser(str(base))) / name
 
 
-def server_reachable(url: str, timeout: float) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
-
-    Runs in a daemon thread so that even a stuck name resolution cannot hold the caller.
-    """
-    parsed = urlparse(url)
-    host = parsed.hostname
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="fclkit-download-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+server_reachable = network.reachable  # kept under this name for callers and tests
 
 
 class TorchvisionSplitBenchmark(Benchmark):

