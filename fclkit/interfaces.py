@@ -196,6 +196,9 @@ class KnowledgeFusion(Component):
     requires_homogeneous_models: ClassVar[bool] = False
     #: True when the fusion needs a foundation model (``--fm`` other than ``none``).
     requires_foundation_model: ClassVar[bool] = False
+    #: True when the fusion combines small models of different architectures (it is then
+    #: suggested when a homogeneous-only fusion meets heterogeneous clients).
+    fuses_heterogeneous_models: ClassVar[bool] = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -59,8 +59,9 @@ def test_isolated_clients_differ(tiny, plain_sgd):
 
 
 def test_fedavg_refuses_heterogeneous_models(tiny, plain_sgd):
-    with pytest.raises(IncompatibleComponentsError, match="same small-model architecture"):
+    with pytest.raises(IncompatibleComponentsError, match="same small-model architecture") as e:
         fclkit.run(tiny.evolve(client_models=("mlp", "cnn")), components=[plain_sgd])
+    assert "--fusion one-by-one" in e.value.hint
 
 
 def test_heterogeneous_models_run_with_isolated(tiny, plain_sgd):

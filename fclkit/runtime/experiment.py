@@ -163,7 +163,7 @@ class Experiment:
         archs = sorted(set(self.architectures.values()))
         if fusion.requires_homogeneous_models and len(archs) > 1:
             hetero = [n for n, e in self.registry.components["fusion"].items()
-                      if not e.cls.requires_homogeneous_models and n != "isolated"]
+                      if e.cls.fuses_heterogeneous_models]
             suggestion = ("use --fusion " + " or --fusion ".join(sorted(hetero))
                           if hetero else "use one architecture for every client")
             raise IncompatibleComponentsError(

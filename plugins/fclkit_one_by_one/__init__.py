@@ -41,6 +41,7 @@ class OneByOneDistillation(KnowledgeFusion):
     description = ("One-by-One Distillation: small models distilled one at a time into a "
                    "personalised foundation model per client (heterogeneous models welcome)")
     requires_foundation_model = True
+    fuses_heterogeneous_models = True
 
     @attrs.frozen
     class Options:
