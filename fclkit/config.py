@@ -62,6 +62,12 @@ def positive_float(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(attribute.name, value, "must be a finite number > 0")
 
 
+def non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise ConfigError(attribute.name, value, "must be a finite number >= 0")
+
+
 def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
     def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         lo = "(" if low_open else "["

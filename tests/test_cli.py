@@ -82,6 +82,17 @@ def test_import_and_help_do_not_load_heavy_libraries():
     assert out.stdout.strip() == "[]"
 
 
+def test_listing_plugins_loads_no_heavy_library():
+    """`fclkit plugins` imports every installed plugin: none may pull in the ML stack."""
+    code = ("import sys; from fclkit.plugins import build_registry; r = build_registry(); "
+            "assert not r.broken, r.broken; "
+            "print(sorted(m for m in ('torch','avalanche','transformers','peft','flwr','ray',"
+            "'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_help_lists_every_required_option():
     res = _run("run", "--help")
     text = " ".join(res.output.split())

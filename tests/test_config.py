@@ -4,7 +4,13 @@ import attrs
 import pytest
 
 from fclkit import ConfigError, ExperimentConfig, load_config
-from fclkit.config import FIELDS, build_options, commented_toml, parse_option_pairs
+from fclkit.config import (
+    FIELDS,
+    build_options,
+    commented_toml,
+    non_negative,
+    parse_option_pairs,
+)
 
 
 def test_every_field_has_help():
@@ -86,6 +92,24 @@ def test_component_options_unknown_key_lists_allowed():
         build_options(_Opts, {"alpah": 2.0}, component="strategy 'x'", table="cl_options")
     assert "cl_options.alpah" in str(err.value) and "alpha" in str(err.value)
     assert err.value.hint == "did you mean 'alpha'?"
+
+
+@attrs.frozen
+class _Weights:
+    weight: float = attrs.field(default=1.0, validator=non_negative, metadata={"help": "w"})
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, float("inf"), float("nan"), True, "1"])
+def test_non_negative_refuses_with_the_field_named(value):
+    with pytest.raises(ConfigError, match="cl_options.weight") as err:
+        build_options(_Weights, {"weight": value}, component="x", table="cl_options")
+    assert "must be a finite number >= 0" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 2, 1e6])
+def test_non_negative_accepts_zero_and_positive(value):
+    assert build_options(_Weights, {"weight": value}, component="x",
+                         table="cl_options").weight == value
 
 
 def test_commented_toml_round_trips(tmp_path):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from fclkit.config import float_in, int_at_least, one_of, positive_float, setting
+from fclkit.config import float_in, int_at_least, non_negative, one_of, positive_float, setting
 from fclkit.interfaces import ContinualStrategy, ExtraLoss, NoOptions, TrainContext, TrainReport
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from fclkit.stream import TaskData
 
 #: a number >= 0 (a weight that may be switched off with 0)
-non_negative = float_in(0.0, float("inf"))
 
 
 class AvalancheStrategy(ContinualStrategy):

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 import fclkit
-from fclkit.config import float_in, int_at_least, one_of, setting
+from fclkit.config import boolean, float_in, int_at_least, one_of, setting
 from fclkit.errors import ConfigError, FclkitError
 from fclkit.interfaces import Engine
 
@@ -54,11 +54,6 @@ def require_flower(mode: str = "simulation") -> None:
 def _address(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, str) or not value.rpartition(":")[2].isdigit():
         raise ConfigError(attribute.name, value, "must be HOST:PORT, e.g. 127.0.0.1:8000")
-
-
-def _flag(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(attribute.name, value, "must be true or false")
 
 
 def _text(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -106,7 +101,7 @@ class FlowerEngine(Engine):
             _address)
         insecure: bool = setting(
             False, "deployment: talk to the SuperLink without TLS (tests on loopback only)",
-            _flag)
+            boolean)
         root_certificates: str = setting(
             "", "deployment: PEM file of the CA that signed the SuperLink's certificate", _text)
         node_wait_timeout: float = setting(
@@ -120,7 +115,7 @@ class FlowerEngine(Engine):
             0.0, "deployment: seconds to wait for the whole Flower run (0 = no limit)",
             float_in(0.0, 1e9))
         flower_logs: bool = setting(
-            False, "show Flower's and Ray's INFO logs (off: warnings and errors only)", _flag)
+            False, "show Flower's and Ray's INFO logs (off: warnings and errors only)", boolean)
 
         def __attrs_post_init__(self) -> None:
             # Chosen with --engine flower: stop before any data is loaded when flwr is missing.

@@ -26,14 +26,16 @@ from typing import Any
 import attrs
 
 import fclkit
-from fclkit.config import float_in, int_at_least, one_of, positive_float, setting
+from fclkit.config import (
+    float_in,
+    int_at_least,
+    non_negative,
+    one_of,
+    positive_float,
+    setting,
+)
 from fclkit.interfaces import KnowledgeFusion
 from fclkit.messages import Download, Failure, FusionResult, RoundInfo, Upload
-
-
-def _nonneg(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise fclkit.ConfigError(attribute.name, value, "must be a number >= 0")
 
 
 class OneByOneDistillation(KnowledgeFusion):
@@ -60,7 +62,7 @@ class OneByOneDistillation(KnowledgeFusion):
             "kd", "what keeps earlier teachers' and tasks' knowledge: 'kd' (distil the "
             "previous FM part on the classes the teacher has not seen), 'l2' (pull towards "
             "it) or 'none'", one_of("kd", "l2", "none"))
-        anchor_weight: float = setting(1.0, "weight of the anchor term", _nonneg)
+        anchor_weight: float = setting(1.0, "weight of the anchor term", non_negative)
         teacher_classes: str = setting(
             "seen", "classes each teacher is distilled on: 'seen' (every class it has seen) "
             "or 'task' (its current task's classes only; the anchor keeps the older ones, "
