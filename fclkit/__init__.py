@@ -32,6 +32,7 @@ from .interfaces import (
     ClientModel,
     ContinualStrategy,
     Engine,
+    ExperimentLogger,
     ExtraLoss,
     FoundationModel,
     FusionContext,
@@ -60,7 +61,8 @@ def run(config: ExperimentConfig | None = None, **kwargs: Any) -> RunResult:
 __all__ = [
     "Benchmark", "BenchmarkUnavailableError", "ClientExecutor", "ClientModel", "ClientStream",
     "ConfigError", "ContinualStrategy", "Download", "DuplicateComponentError", "Engine",
-    "ExperimentConfig", "ExtraLoss", "Failure", "FclkitError", "FederatedStream",
+    "ExperimentConfig", "ExperimentLogger", "ExtraLoss", "Failure", "FclkitError",
+    "FederatedStream",
     "FoundationModel", "FusionContext", "FusionResult", "IncompatibleComponentsError",
     "InputSpec", "KnowledgeFusion", "NoOptions", "PluginError", "PublicSet", "RoundInfo",
     "StreamSpec", "TaskData", "TrainContext", "TrainReport", "UnknownComponentError", "Upload",

@@ -46,7 +46,10 @@ def _help(field: str) -> str:
     return field_help(field)
 
 
-OptList = Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE")]
+def _opt_help(component: str, several: bool = False) -> str:
+    one = "; NAME.KEY=VALUE sets it for one of them" if several else ""
+    return (f"set an option of the {component}, the value read as TOML{one} (repeatable; "
+            "`fclkit plugins --options` lists them)")
 
 
 @app.command()
@@ -72,15 +75,24 @@ def run(
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
     guidance_weight: Annotated[float | None, typer.Option(
         help=_help("guidance_weight"))] = None,
+    loggers: Annotated[str | None, typer.Option(help=_help("loggers"))] = None,
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
     name: Annotated[str | None, typer.Option(help=_help("name"))] = None,
-    cl_opt: OptList = None,
-    fusion_opt: OptList = None,
-    model_opt: OptList = None,
-    fm_opt: OptList = None,
-    benchmark_opt: OptList = None,
-    engine_opt: OptList = None,
+    cl_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("strategy"))] = None,
+    fusion_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("fusion"))] = None,
+    model_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("small models", several=True))] = None,
+    fm_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("foundation model"))] = None,
+    benchmark_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("benchmark"))] = None,
+    engine_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("engine"))] = None,
+    logger_opt: Annotated[list[str] | None, typer.Option(
+        metavar="KEY=VALUE", help=_opt_help("loggers", several=True))] = None,
     resume: Annotated[Path | None, typer.Option(
         help="continue a stopped run from its latest checkpoint, in its own folder "
         "(its config.toml is used; other options are not allowed)")] = None,
@@ -90,7 +102,8 @@ def run(
     """Run an experiment (offline default: digits, 3 clients, 5 tasks).
 
     Component options: --cl-opt ewc_lambda=100 (repeatable), likewise --fusion-opt,
-    --model-opt, --fm-opt, --benchmark-opt, --engine-opt.
+    --model-opt, --fm-opt, --benchmark-opt, --engine-opt, --logger-opt
+    (NAME.key=value sets one component's option, e.g. --model-opt mlp.hidden=64).
     """
     from .config import load_config, parse_option_pairs
 
@@ -100,7 +113,7 @@ def run(
             "benchmark": benchmark, "engine": engine, "clients": clients, "tasks": tasks,
             "rounds": rounds, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "partition": partition, "dirichlet_alpha": dirichlet_alpha, "seed": seed,
-            "threads": threads, "guidance_weight": guidance_weight,
+            "threads": threads, "guidance_weight": guidance_weight, "loggers": loggers,
             "device": device, "output": str(output) if output is not None else None,
             "name": name,
         }
@@ -109,6 +122,7 @@ def run(
             ("model_options", model_opt, "--model-opt"), ("fm_options", fm_opt, "--fm-opt"),
             ("benchmark_options", benchmark_opt, "--benchmark-opt"),
             ("engine_options", engine_opt, "--engine-opt"),
+            ("logger_options", logger_opt, "--logger-opt"),
         ):
             if pairs:
                 overrides[table] = parse_option_pairs(pairs, flag)

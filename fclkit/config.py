@@ -205,6 +205,13 @@ class ExperimentConfig:
     checkpoint: bool = setting(
         True, "write a checkpoint at the end of every round so `fclkit run --resume RUN_DIR` "
         "can continue the run", boolean)
+    loggers: tuple = setting(
+        ("auto",), "metric trackers fed during the run, besides the results folder: 'auto' "
+        "(every installed logger that is on by default: TensorBoard when installed), "
+        "'none', or a comma list of names (`fclkit plugins` lists them)", _names, _to_names)
+    logger_options: dict = setting(
+        attrs.Factory(dict), "options of the loggers (a sub-table per logger, e.g. "
+        "[logger_options.tensorboard])", _table, _to_dict)
     threads: int = setting(
         0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models. "
         "Accuracies are bit-identical for the same seed and thread count",
@@ -229,11 +236,12 @@ class ExperimentConfig:
         """component field -> its options field."""
         return {"cl": "cl_options", "fusion": "fusion_options", "fm": "fm_options",
                 "benchmark": "benchmark_options", "client_models": "model_options",
-                "engine": "engine_options"}
+                "engine": "engine_options", "loggers": "logger_options"}
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
         data["client_models"] = list(self.client_models)
+        data["loggers"] = list(self.loggers)
         return data
 
 
@@ -318,9 +326,17 @@ def parse_option_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
             raise ConfigError(flag, pair, "must look like key=value, e.g. ewc_lambda=100")
         raw = raw.strip()
         try:
-            out[key] = tomllib.loads(f"v = {raw}")["v"]
+            value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            out[key] = raw
+            value = raw
+        # ``mlp.hidden=64`` sets ``hidden`` in the sub-table ``mlp`` (as in TOML)
+        *path, leaf = [part.strip() for part in key.split(".")]
+        table = out
+        for part in path:
+            if not isinstance(table.setdefault(part, {}), dict):
+                raise ConfigError(flag, pair, f"{part!r} is set both as a value and a table")
+            table = table[part]
+        table[leaf] = value
     return out
 
 

@@ -80,6 +80,14 @@ def register_engines(register: Register) -> None:
     """
 
 
+@hookspec
+def register_loggers(register: Register) -> None:
+    """Register :class:`fclkit.ExperimentLogger` subclasses (``--loggers NAME,...``).
+
+    :param register: call ``register(LoggerClass)`` for each metrics tracker.
+    """
+
+
 #: hook name -> component kind it registers
 REGISTRATION_HOOKS: dict[str, str] = {
     "register_strategies": "strategy",
@@ -88,4 +96,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "register_foundation_models": "foundation_model",
     "register_benchmarks": "benchmark",
     "register_engines": "engine",
+    "register_loggers": "logger",
 }

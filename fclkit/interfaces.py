@@ -26,6 +26,8 @@ import attrs
 from .messages import Failure, FusionResult, RoundInfo, Upload
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from .stream import FederatedStream, InputSpec, PublicSet, TaskData
@@ -328,3 +330,42 @@ class Engine(Component):
 
 
 COMPONENT_KINDS["engine"] = Engine
+
+
+class ExperimentLogger(Component):
+    """Sends a run's metrics to a tracker (TensorBoard, Weights & Biases, MLflow, ...).
+
+    The core writes the results folder (``metrics.json``, ``rounds.csv``) whatever
+    loggers are used; a logger adds a live view. Metric names are ``/``-separated
+    (``accuracy/fm/seen_tasks``, ``train/loss``; see ``docs/results-format.md``) and
+    ``step`` counts rounds from the start of the run (``task * rounds + round + 1``).
+    A logger that raises is switched off with a warning: a tracker's failure never
+    stops a run or loses its results.
+    """
+
+    #: Used by ``loggers = "auto"`` (the default) when :meth:`unavailable_reason` is None.
+    enabled_by_default: ClassVar[bool] = False
+    #: Needs the run's results folder (skipped by ``auto`` when a run writes none).
+    needs_run_dir: ClassVar[bool] = False
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this logger can run here, else what is missing and how to get it
+        (e.g. ``"the tensorboard package is not installed: pip install tensorboard"``)."""
+        return None
+
+    def start(self, run_dir: Path | None, config: Mapping[str, Any]) -> None:  # noqa: B027
+        """Called once before the first round (and again when a run is resumed)."""
+
+    @abstractmethod
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record scalar ``metrics`` at ``step``."""
+
+    def finish(self, status: str) -> None:  # noqa: B027
+        """Called once at the end: ``status`` is ``finished``, ``failed`` or ``interrupted``."""
+
+
+COMPONENT_KINDS["logger"] = ExperimentLogger

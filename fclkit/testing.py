@@ -21,7 +21,10 @@ What is checked:
 * client models: build for each modality they declare and return
   ``(batch, num_classes)`` logits that a backward pass reaches;
 * benchmarks: a small stream has the asked number of clients and tasks, labels
-  inside the task's classes, and test splits.
+  inside the task's classes, and test splits;
+* loggers: can run here (or say why not), take a run's configuration, scalars at
+  several steps and a status, and can be started again in the same folder (a
+  resumed run does that).
 """
 
 from __future__ import annotations
@@ -253,3 +256,30 @@ def check_benchmark(cls: Any, options: dict[str, Any] | None = None, *,
             assert set(task.y_train.tolist()) <= set(task.classes), "label outside the task"
             assert tuple(task.x_train.shape[1:]) == stream.input_spec.shape, (
                 "inputs do not match the stream's input_spec")
+
+
+def check_logger(cls: Any, options: dict[str, Any] | None = None) -> None:
+    """An ExperimentLogger starts, logs scalars, finishes, and restarts in the same folder."""
+    import tempfile
+    from pathlib import Path
+
+    from .config import ExperimentConfig
+
+    reason = cls.unavailable_reason()
+    assert reason is None or (isinstance(reason, str) and reason), (
+        f"{cls.__name__}.unavailable_reason() must return None or a message saying what "
+        f"is missing, not {reason!r}")
+    assert reason is None, f"{cls.__name__} cannot be checked here: {reason}"
+    for flag in ("enabled_by_default", "needs_run_dir"):
+        assert isinstance(getattr(cls, flag), bool), f"{cls.__name__}.{flag} must be a bool"
+    config = ExperimentConfig().to_dict()
+    with tempfile.TemporaryDirectory(prefix="fclkit-logger-") as tmp:
+        run_dir = Path(tmp)
+        for status in ("failed", "finished"):  # the second start is a resumed run
+            logger = cls(_options(cls, options))
+            logger.start(run_dir, config)
+            logger.log_metrics({"train/loss": 1.5, "train/clients_ok": 3.0}, 1)
+            logger.log_metrics({"accuracy/small/seen_tasks": 0.5,
+                                "accuracy/small/task_1": 0.5}, 1)
+            logger.log_metrics({"train/loss": 0.75}, 2)
+            logger.finish(status)

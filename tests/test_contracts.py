@@ -49,9 +49,15 @@ def test_benchmark_contract(name):
     testing.check_benchmark(REGISTRY.get("benchmark", name).cls)
 
 
+@pytest.mark.parametrize("name", BUILTIN["logger"])
+def test_logger_contract(name):
+    testing.check_logger(REGISTRY.get("logger", name).cls)
+
+
 def test_every_offline_builtin_is_covered():
     assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only"}
     assert set(OFFLINE_BENCHMARKS) <= set(BUILTIN["benchmark"])
+    assert BUILTIN["logger"] == ["tensorboard"]
 
 
 def test_a_broken_strategy_fails_the_contract_with_a_reason():

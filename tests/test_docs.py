@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fclkit import hookspecs
-from fclkit.docgen import configuration_reference
+from fclkit.docgen import cli_reference, configuration_reference, refresh_includes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -13,6 +13,52 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_configuration_reference_is_up_to_date():
     assert (DOCS / "configuration.md").read_text() == configuration_reference(), (
         "docs/configuration.md is stale: run `python -m fclkit.docgen`")
+
+
+def test_cli_reference_is_up_to_date():
+    assert (DOCS / "cli.md").read_text() == cli_reference(), (
+        "docs/cli.md is stale: run `python -m fclkit.docgen`")
+
+
+@pytest.mark.parametrize("command", ["run", "plugins", "report", "init"])
+def test_cli_reference_has_everything_help_shows(command):
+    """Cross-check against the real ``--help`` output, not only the generator."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from fclkit.cli import app
+
+    shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"}).output
+    flags = set()
+    for line in shown.splitlines():  # option rows: "│ --output  -o  PATH  where to ..."
+        m = re.match(r"[│|]?\s+\*?\s*((?:-{1,2}[a-z][a-z-]*\s+)+)", line)
+        if m:
+            flags |= set(m.group(1).split())
+    assert "--help" in flags
+    section = (DOCS / "cli.md").read_text().split(f"## `fclkit {command}`")[1].split("\n## ")[0]
+    missing = sorted(f for f in flags if f"`{f}`" not in section)
+    assert not missing, f"docs/cli.md lacks options that `fclkit {command} --help` shows: {missing}"
+    usage = re.search(r"Usage: fclkit \S+ \[OPTIONS\](.*)", shown)
+    for argument in (usage.group(1).split() if usage else []):
+        assert f"`{argument.strip('[].')}`" in section, argument
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_included_files_are_verbatim(page):
+    text = (DOCS / page).read_text()
+    assert refresh_includes(text, DOCS.parent) == text, (
+        f"docs/{page} quotes a file that changed since: run `python -m fclkit.docgen`")
+
+
+def test_plugin_tutorial_quotes_every_file_of_the_example_package():
+    package = DOCS.parent / "examples" / "fclkit-plugin-example"
+    text = (DOCS / "plugins.md").read_text()
+    files = [p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".toml")
+             and "build" not in p.parts and "egg-info" not in str(p)]
+    assert len(files) >= 7
+    for path in files:
+        assert f"<!-- include {path.relative_to(DOCS.parent)} -->" in text, path
 
 
 @pytest.mark.parametrize("hook", sorted(hookspecs.REGISTRATION_HOOKS))
@@ -23,7 +69,8 @@ def test_every_hook_is_documented_in_plugins_guide(hook):
 def test_every_doc_page_linked_from_readme_exists():
     readme = (DOCS.parent / "README.md").read_text()
     for page in ("quickstart", "configuration", "architecture", "plugins", "method",
-                 "results-format", "results", "distributed", "reliability", "bad-inputs"):
+                 "results-format", "results", "distributed", "reliability", "bad-inputs",
+                 "cli"):
         assert f"docs/{page}.md" in readme
         assert (DOCS / f"{page}.md").exists()
 

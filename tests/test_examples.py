@@ -34,7 +34,7 @@ def test_pip_installed_plugin_is_listed(installed_example):
     out = _fclkit(installed_example, "plugins")
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
-    for name in ("l2-anchor", "logreg", "fedavgm"):
+    for name in ("l2-anchor", "logreg", "fedavgm", "jsonl"):
         assert name in text
     assert "fclkit-plugin-example 0.1.0" in text
 
@@ -42,15 +42,29 @@ def test_pip_installed_plugin_is_listed(installed_example):
 def test_pip_installed_strategy_runs_by_name(installed_example, tmp_path):
     out = _fclkit(installed_example, "run", "--cl", "l2-anchor", "--cl-opt", "strength=0.5",
                   "--client-models", "logreg", "--fusion", "fedavgm",
+                  "--loggers", "jsonl,tensorboard",
                   "--clients", "2", "--tasks", "2", "--rounds", "2", "--epochs", "1",
                   "--quiet", "--output", str(tmp_path), "--name", "ex")
     assert out.returncode == 0, out.stderr
     info = json.loads((tmp_path / "ex" / "run.json").read_text())
-    used = {c["kind"]: c for c in info["components"]}
+    used = {c["kind"]: c for c in info["components"] if c["name"] != "tensorboard"}
     for kind, name in (("strategy", "l2-anchor"), ("client_model", "logreg"),
-                       ("fusion", "fedavgm")):
+                       ("fusion", "fedavgm"), ("logger", "jsonl")):
         assert used[kind] == {"kind": kind, "name": name, "plugin": "example",
                               "distribution": "fclkit-plugin-example", "version": "0.1.0"}
+
+
+def test_pip_installed_logger_streams_the_run(installed_example, tmp_path):
+    out = _fclkit(installed_example, "run", "--loggers", "jsonl", "--fusion", "fedavg",
+                  "--cl", "naive", "--clients", "2", "--tasks", "2", "--rounds", "1",
+                  "--epochs", "1", "--quiet", "--output", str(tmp_path), "--name", "j")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in (tmp_path / "j" / "metrics.jsonl").open()]
+    metrics = json.loads((tmp_path / "j" / "metrics.json").read_text())
+    assert lines[-1] == {"status": "finished"}
+    final = {k: v for line in lines for k, v in line.items() if k.startswith("final/")}
+    assert final["final/small/average_accuracy"] == metrics["mean"]["small"]["average_accuracy"]
+    assert not (tmp_path / "j" / "tensorboard").exists()  # only the loggers asked for
 
 
 def test_example_plugin_passes_its_own_contract_tests(installed_example):
@@ -58,7 +72,7 @@ def test_example_plugin_passes_its_own_contract_tests(installed_example):
                           str(EXAMPLE_PLUGIN / "tests")], env=installed_example,
                          capture_output=True, text=True, cwd=EXAMPLE_PLUGIN)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "3 passed" in out.stdout
+    assert "4 passed" in out.stdout
 
 
 def test_plugin_allow_list_can_exclude_it(installed_example):

@@ -16,7 +16,7 @@ def test_run_writes_a_complete_results_folder(tiny, plain_sgd):
     result = fclkit.run(tiny, components=[plain_sgd])
     run_dir = result.run_dir
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint", "config.toml", "metrics.json", "rounds.csv", "run.json"]
+        "checkpoint", "config.toml", "metrics.json", "rounds.csv", "run.json", "tensorboard"]
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     assert fclkit.ExperimentConfig(**saved) == tiny.evolve(fm="none")  # 'auto' resolved
     info = json.loads((run_dir / "run.json").read_text())

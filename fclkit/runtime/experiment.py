@@ -27,6 +27,13 @@ from ..messages import Download, Failure, RoundInfo
 from ..metrics import across_clients, summarize
 from ..plugins import Registered, Registry, build_registry, components_from_classes
 from ..progress import Reporter
+from ..tracking import (
+    LoggerSet,
+    final_scalars,
+    resolve_loggers,
+    round_scalars,
+    task_scalars,
+)
 from ..validation import UpdateValidator
 from .client import Client
 from .seeding import derive_seed, seed_everything
@@ -108,7 +115,13 @@ class Experiment:
         self.fm_options = None if self.fm_entry is None else build_options(
             self.fm_entry.cls.Options, c.fm_options, component=f"foundation model {c.fm!r}",
             table="fm_options")
-        self.model_options = self._model_options(c.model_options)
+        self.model_options = self._per_component_options(
+            self.model_entries, c.model_options, "model_options", "client model")
+        self.logger_entries = {e.name: e for e in resolve_loggers(c.loggers, registry)}
+        self.logger_options = self._per_component_options(
+            self.logger_entries, c.logger_options, "logger_options", "logger")
+        #: the run's metric trackers (started by :func:`run` once the results folder exists)
+        self.loggers = LoggerSet(reporter=self.reporter)
         self._check_compatibility()
 
         self.stream: Any = None
@@ -137,25 +150,41 @@ class Experiment:
                 + (", ".join(self.registry.names("foundation_model")) or "none installed"))
         return default
 
-    def _model_options(self, table: Mapping[str, Any]) -> dict[str, Any]:
-        """Flat keys go to every architecture that has them; ``{arch = {...}}`` to one."""
-        per_arch: dict[str, dict[str, Any]] = {name: {} for name in self.model_entries}
+    @staticmethod
+    def _per_component_options(entries: Mapping[str, Registered], table: Mapping[str, Any],
+                               table_name: str, label: str) -> dict[str, Any]:
+        """Options of several selected components (architectures, loggers) from one table:
+        flat keys go to every selected component that has them; ``{name = {...}}`` to one."""
+        per_name: dict[str, dict[str, Any]] = {name: {} for name in entries}
         for key, value in table.items():
-            if key in self.model_entries and isinstance(value, Mapping):
-                per_arch[key].update(value)
+            if key in entries and isinstance(value, Mapping):
+                per_name[key].update(value)
                 continue
-            takers = [n for n, e in self.model_entries.items()
-                      if key in {a.name for a in attrs.fields(e.cls.Options)}]
+            takers = [n for n, e in entries.items() if attrs.has(e.cls.Options)
+                      and key in {a.name for a in attrs.fields(e.cls.Options)}]
             if not takers:
                 raise ConfigError(
-                    f"model_options.{key}", value,
-                    "no selected architecture (" + ", ".join(self.model_entries)
+                    f"{table_name}.{key}", value,
+                    f"no selected {label} (" + (", ".join(entries) or "none selected")
                     + ") has this option", hint="`fclkit plugins --options` lists options")
             for n in takers:
-                per_arch[n][key] = value
-        return {n: build_options(e.cls.Options, per_arch[n], component=f"client model {n!r}",
-                                 table="model_options")
-                for n, e in self.model_entries.items()}
+                per_name[n][key] = value
+        return {n: build_options(e.cls.Options, per_name[n], component=f"{label} {n!r}",
+                                 table=table_name)
+                for n, e in entries.items()}
+
+    def start_loggers(self, run_dir: Path | None) -> None:
+        """Start the selected loggers (those needing a results folder only when there is one)."""
+        loggers = []
+        for name, entry in self.logger_entries.items():
+            if entry.cls.needs_run_dir and run_dir is None:
+                if list(self.config.loggers) != ["auto"]:
+                    self.reporter.warn(f"logger {name!r} writes into the results folder and "
+                                       "this run writes none; it is skipped")
+                continue
+            loggers.append(entry.cls(self.logger_options[name]))
+        self.loggers = LoggerSet(loggers, self.reporter)
+        self.loggers.start(run_dir, self.config.to_dict())
 
     def _check_compatibility(self) -> None:
         c = self.config
@@ -309,6 +338,7 @@ class Experiment:
             timings["fusion"] += fusion_seconds
             self._record_round(loop, info, uploads, accepted, delivered, result,
                                fusion_seconds)
+            self.loggers.log(round_scalars(loop.rows[-K:]), step + 1)
             loop.pending = dict(result.downloads)
             rep.round_done(t, r)
             if info.is_last_round:
@@ -318,6 +348,9 @@ class Experiment:
                 timings["evaluation"] += time.perf_counter() - t0
                 loop.pending = {}
                 rep.task_done(t, self._mean_last(loop.evals[-1], t))
+                self.loggers.log(task_scalars(
+                    {cid: {m: [ev[cid][m] for ev in loop.evals] for m in loop.evals[-1][cid]}
+                     for cid in loop.evals[-1]}), step + 1)
             self._checkpoint(executor, loop, info, step)
         self.metrics = self._assemble(loop.initial, loop.evals, loop.rows, loop.failures)
         return self.metrics
@@ -475,13 +508,17 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
         results.mark_resumed(run_dir)
     experiment.run_dir = run_dir
     experiment.resume_state = resume_state
+    loggers = experiment.loggers
     try:
+        experiment.start_loggers(run_dir)
+        loggers = experiment.loggers
         experiment.prepare()
         experiment.make_engine().run(experiment)
     except BaseException as exc:
         if run_dir is not None:
             partial, rows = experiment.partial_metrics()
             results.write_failure(run_dir, partial, rows, exc)
+        loggers.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     finally:
         experiment.reporter.close()
@@ -489,14 +526,20 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
     metrics = experiment.metrics or {}
     metrics["timings_seconds"]["total"] = (
         time.perf_counter() - started + (resume_state or {}).get("timings", {}).get("total", 0))
+    rows = experiment.partial_metrics()[1]
     if run_dir is not None:
-        results.write_end(run_dir, metrics, experiment.partial_metrics()[1])
+        results.write_end(run_dir, metrics, rows)
+    if not loggers.fed:  # the engine ran the loop in another process
+        loggers.replay(metrics, rows, config.rounds)
+    loggers.log(final_scalars(metrics), int(metrics.get("tasks", config.tasks)) * config.rounds)
+    loggers.finish("finished")
     return RunResult(config=config, run_dir=run_dir, metrics=metrics)
 
 
 def _used_components(experiment: Experiment) -> list[Registered]:
     entries = [experiment.strategy, experiment.fusion_entry, experiment.benchmark_entry,
-               experiment.engine_entry, *experiment.model_entries.values()]
+               experiment.engine_entry, *experiment.model_entries.values(),
+               *experiment.logger_entries.values()]
     if experiment.fm_entry is not None:
         entries.append(experiment.fm_entry)
     return entries

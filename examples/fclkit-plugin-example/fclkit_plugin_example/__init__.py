@@ -1,8 +1,7 @@
-"""fclkit-plugin-example: the ``l2-anchor`` strategy, ``logreg`` model and ``fedavgm`` fusion.
+"""fclkit-plugin-example: a strategy, a client model, a fusion and a logger.
 
 This module is imported by ``fclkit plugins`` and ``fclkit --help``, so it stays
-light: the strategy module (which imports torch lazily too) is imported inside
-the hook.
+light: each component's module is imported inside its hook.
 """
 
 import fclkit
@@ -27,3 +26,10 @@ def register_fusions(register):
     from .fusion import FedAvgM
 
     register(FedAvgM)
+
+
+@fclkit.hookimpl
+def register_loggers(register):
+    from .logger import JsonLinesLogger
+
+    register(JsonLinesLogger)

@@ -1,10 +1,11 @@
 """The plugin's components keep fclkit's contracts (run: pytest)."""
 
 from fclkit_plugin_example.fusion import FedAvgM
+from fclkit_plugin_example.logger import JsonLinesLogger
 from fclkit_plugin_example.model import LogisticRegression
 from fclkit_plugin_example.strategy import L2Anchor
 
-from fclkit.testing import check_client_model, check_fusion, check_strategy
+from fclkit.testing import check_client_model, check_fusion, check_logger, check_strategy
 
 
 def test_l2_anchor():
@@ -17,3 +18,7 @@ def test_logreg():
 
 def test_fedavgm():
     check_fusion(FedAvgM)
+
+
+def test_jsonl():
+    check_logger(JsonLinesLogger)
