@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from .messages import Failure, FusionResult, RoundInfo, Upload
+from .messages import Download, Failure, FusionResult, RoundInfo, Upload
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -308,6 +308,15 @@ class ClientExecutor(ABC):
     def load_client_states(self, states: Mapping[int, Any]) -> None:
         """Restore every client from :meth:`client_states` output (when resuming)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a checkpoint")
+
+    def roll_back(self, client_ids: Sequence[int],  # noqa: B027 - optional hook
+                  downloads: Mapping[int, Download]) -> None:
+        """The core rejected these clients' uploads of the round just run (e.g. NaN
+        weights): restore each to its state before that round, then apply its download.
+
+        Optional: an executor that cannot (its clients live elsewhere) leaves them as
+        they are, and a client whose model diverged stays diverged.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources at the end of a run."""

@@ -190,6 +190,35 @@ def test_raising_and_nan_clients_are_recorded_and_others_unaffected(tmp_path):
     assert ",rejected," in rows and ",failed," in rows
 
 
+class DivergesOnce(PlainSGD):
+    """Client 0's weights become NaN in the first round only (as a too-large step would)."""
+
+    name = "diverges-once"
+
+    def train_round(self, task, *, round_info, **kw):
+        report = super().train_round(task, round_info=round_info, **kw)
+        self.rounds = getattr(self, "rounds", 0) + 1
+        first_client = not hasattr(DivergesOnce, "seen")
+        DivergesOnce.seen = True
+        if first_client and self.rounds == 1:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+        return report
+
+
+def test_a_rejected_client_is_rolled_back_and_recovers(tmp_path):
+    if hasattr(DivergesOnce, "seen"):
+        del DivergesOnce.seen
+    result = fclkit.run(_faulty_config(tmp_path, cl="diverges-once", clients=2),
+                        components=[DivergesOnce], write_results=False)
+    failures = result.metrics["failures"]
+    assert [(f["client"], f["task"], f["round"]) for f in failures] == [(0, 0, 0)]
+    assert "non-finite" in failures[0]["reason"]
+    m = result.metrics["per_client"]["0"]["small"]["accuracy_matrix"]
+    assert m[1][1] > 0.3  # without the roll-back it would stay NaN (chance or zero)
+
+
 def test_fedavg_never_fuses_nan_weights(tmp_path):
     Faulty.built = 0
     result = fclkit.run(_faulty_config(tmp_path, fusion="fedavg"), components=[Faulty],

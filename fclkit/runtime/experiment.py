@@ -311,13 +311,16 @@ class Experiment:
             t0 = time.perf_counter()
             uploads, fails = executor.fit(info, loop.pending)
             timings["client_train"] += time.perf_counter() - t0
-            accepted = []
+            accepted, rejected = [], []
             for u in uploads:
                 reason = validator.check(u)
                 if reason is None:
                     accepted.append(u)
                 else:
+                    rejected.append(u.client_id)
                     fails.append(Failure(u.client_id, f"rejected update: {reason}"))
+            if rejected:  # e.g. diverged to NaN: the client starts the next round as before
+                executor.roll_back(rejected, loop.pending)
             for f in fails:
                 loop.failures.append({"task": t, "round": r, "client": f.client_id,
                                       "reason": f.reason})

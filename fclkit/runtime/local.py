@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..hookspecs import hookimpl
@@ -37,8 +37,9 @@ class LocalExecutor(ClientExecutor):
             ) -> tuple[list[Upload], list[Failure]]:
         uploads: list[Upload] = []
         failures: list[Failure] = []
+        self.before: dict[int, Any] = {}  # kept until the next round, for roll_back()
         for cid, client in self.clients.items():
-            before = copy.deepcopy(client.state_dict())
+            before = self.before[cid] = copy.deepcopy(client.state_dict())
             started = time.perf_counter()
             try:
                 upload = client.fit(round_info, downloads.get(cid))
@@ -58,6 +59,11 @@ class LocalExecutor(ClientExecutor):
                     uploads.append(upload)
             self.reporter.client_done(cid)
         return uploads, failures
+
+    def roll_back(self, client_ids: Sequence[int], downloads: Mapping[int, Any]) -> None:
+        for cid in client_ids:
+            self.clients[cid].load_state_dict(self.before[cid])
+            self.clients[cid].apply(downloads.get(cid))
 
     def client_states(self) -> dict[int, Any]:
         return {cid: client.state_dict() for cid, client in self.clients.items()}
