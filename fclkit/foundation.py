@@ -165,6 +165,13 @@ class FrozenBackboneFoundationModel(FoundationModel):
     def forward(self, x: Any) -> Any:
         return self.head(self.features(x))
 
+    def precompute(self, x: Any) -> Any:
+        """The frozen backbone's features (inputs unchanged while adapters train)."""
+        return x if self._adapters else self.features(x)
+
+    def forward_precomputed(self, z: Any) -> Any:
+        return self.forward(z) if self._adapters else self.head(z.to(self.device))
+
     # ------------------------------------------------------- trainable part
 
     def trainable_parameters(self) -> list:

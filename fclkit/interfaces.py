@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from .messages import Download, Failure, FusionResult, RoundInfo, Upload
+from .messages import Failure, FusionResult, RoundInfo, Upload
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -162,6 +162,19 @@ class FoundationModel(Component):
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the current trainable part on ``x`` (differentiable w.r.t. it)."""
+
+    def precompute(self, x: torch.Tensor) -> Any:
+        """What :meth:`forward_precomputed` takes for ``x``: for a model with a frozen
+        part, that part's output (so a caller that goes over the same inputs many times,
+        as server distillation does, runs it once); by default ``x`` itself.
+
+        ``forward_precomputed(precompute(x)[idx])`` equals ``forward(x[idx])``.
+        """
+        return x
+
+    def forward_precomputed(self, z: Any) -> torch.Tensor:
+        """Logits from rows of :meth:`precompute`'s output (by default :meth:`forward`)."""
+        return self.forward(z)
 
     @abstractmethod
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -308,15 +321,6 @@ class ClientExecutor(ABC):
     def load_client_states(self, states: Mapping[int, Any]) -> None:
         """Restore every client from :meth:`client_states` output (when resuming)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume from a checkpoint")
-
-    def roll_back(self, client_ids: Sequence[int],  # noqa: B027 - optional hook
-                  downloads: Mapping[int, Download]) -> None:
-        """The core rejected these clients' uploads of the round just run (e.g. NaN
-        weights): restore each to its state before that round, then apply its download.
-
-        Optional: an executor that cannot (its clients live elsewhere) leaves them as
-        they are, and a client whose model diverged stays diverged.
-        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources at the end of a run."""

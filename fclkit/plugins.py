@@ -155,31 +155,33 @@ def build_registry(
 
     if load_entry_points:
         allowed = _allowed_third_party()
-        dists = sorted(
-            metadata.distributions(),
-            key=lambda d: (_canonical(d.metadata["Name"]) != HOST_DISTRIBUTION,
-                           _canonical(d.metadata["Name"])),
-        )
+        # entry_points(group=...) reads only entry_points.txt files; the METADATA of a
+        # distribution is parsed only when it has an fclkit entry point
+        found = []
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist
+            dist_name = dist.metadata["Name"] if dist is not None else ep.module
+            found.append((_canonical(dist_name) != HOST_DISTRIBUTION, _canonical(dist_name),
+                          ep.name, dist_name, ep, dist))
         seen: set[tuple[str, str]] = set()
-        for dist in dists:
-            dist_name: str = dist.metadata["Name"]
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP or (dist_name, ep.name) in seen:
-                    continue
-                seen.add((dist_name, ep.name))
-                builtin = _canonical(dist_name) == HOST_DISTRIBUTION
-                if not builtin and allowed is not None and not (
-                    _canonical(dist_name) in {_canonical(a) for a in allowed}
-                    or ep.name.lower() in allowed
-                ):
-                    continue
-                try:
-                    module = ep.load()
-                except Exception as exc:  # a broken plugin must not take the host down
-                    registry.broken.append(BrokenPlugin(
-                        ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}"))
-                    continue
-                sources.append((module, ep.name, dist_name, dist.version))
+        for _, _, _, dist_name, ep, dist in sorted(found, key=lambda f: f[:3]):
+            if (dist_name, ep.name) in seen:
+                continue
+            seen.add((dist_name, ep.name))
+            builtin = _canonical(dist_name) == HOST_DISTRIBUTION
+            if not builtin and allowed is not None and not (
+                _canonical(dist_name) in {_canonical(a) for a in allowed}
+                or ep.name.lower() in allowed
+            ):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not take the host down
+                registry.broken.append(BrokenPlugin(
+                    ep.name, dist_name, f"import failed: {type(exc).__name__}: {exc}"))
+                continue
+            sources.append((module, ep.name, dist_name,
+                            dist.version if dist is not None else None))
 
     for obj in extra_plugins:
         sources.append((obj, getattr(obj, "__name__", None) or type(obj).__name__, None, None))

@@ -49,15 +49,19 @@ def test_benchmark_contract(name):
     testing.check_benchmark(REGISTRY.get("benchmark", name).cls)
 
 
+LOGGER_OPTIONS = {"wandb": {"mode": "offline"}}  # no W&B account or network here
+
+
 @pytest.mark.parametrize("name", BUILTIN["logger"])
-def test_logger_contract(name):
-    testing.check_logger(REGISTRY.get("logger", name).cls)
+def test_logger_contract(name, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    testing.check_logger(REGISTRY.get("logger", name).cls, LOGGER_OPTIONS.get(name))
 
 
 def test_every_offline_builtin_is_covered():
     assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only"}
     assert set(OFFLINE_BENCHMARKS) <= set(BUILTIN["benchmark"])
-    assert BUILTIN["logger"] == ["tensorboard"]
+    assert BUILTIN["logger"] == ["tensorboard", "wandb"]
 
 
 def test_a_broken_strategy_fails_the_contract_with_a_reason():

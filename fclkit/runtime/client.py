@@ -76,6 +76,7 @@ class Client:
         report = self.strategy.train_round(task, round_info=round_info, epochs=self.epochs,
                                            extra_losses=self.extra_losses(task))
         seconds = time.perf_counter() - started
+        self.model.zero_grad(set_to_none=True)  # gradients are not state: free them
         self.classes_seen.update(task.classes)
         return Upload(
             client_id=self.client_id, architecture=self.architecture,

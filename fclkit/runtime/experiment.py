@@ -290,7 +290,9 @@ class Experiment:
         timings = self.timings
         for key in ("client_train", "fusion", "evaluation"):
             timings.setdefault(key, 0.0)
-        validator = UpdateValidator(self.architectures, self.build_small_model, c.max_examples)
+        #: checks every upload before fusion (an executor may also use it, see local.py)
+        self.validator = validator = UpdateValidator(self.architectures, self.build_small_model,
+                                                     c.max_examples)
         loop = LoopState()
         self._partial = loop
         start = 0  # index of the first (task, round) step to run
@@ -311,16 +313,13 @@ class Experiment:
             t0 = time.perf_counter()
             uploads, fails = executor.fit(info, loop.pending)
             timings["client_train"] += time.perf_counter() - t0
-            accepted, rejected = [], []
+            accepted = []
             for u in uploads:
                 reason = validator.check(u)
                 if reason is None:
                     accepted.append(u)
                 else:
-                    rejected.append(u.client_id)
                     fails.append(Failure(u.client_id, f"rejected update: {reason}"))
-            if rejected:  # e.g. diverged to NaN: the client starts the next round as before
-                executor.roll_back(rejected, loop.pending)
             for f in fails:
                 loop.failures.append({"task": t, "round": r, "client": f.client_id,
                                       "reason": f.reason})

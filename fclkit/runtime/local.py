@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from ..hookspecs import hookimpl
@@ -18,11 +18,12 @@ from ..messages import Failure, RoundInfo, Upload
 class LocalExecutor(ClientExecutor):
     """Keeps live clients in memory, runs them one after the other.
 
-    A client that raises in a round, or takes longer than ``client_timeout``,
-    becomes a recorded failure and is rolled back to its state before the round
-    (so it takes part again, cleanly, in the next round). This engine cannot
-    interrupt a running Python function: a slow client is detected when its
-    round returns, and its update is then discarded.
+    A client that raises in a round, takes longer than ``client_timeout``, or
+    whose update the core's validator rejects (e.g. NaN weights) is rolled back
+    to its state before the round (so it takes part again, cleanly, in the next
+    round); the first two become failures here, the third is recorded by the
+    core. This engine cannot interrupt a running Python function: a slow client
+    is detected when its round returns, and its update is then discarded.
     """
 
     def __init__(self, experiment: Any) -> None:
@@ -37,33 +38,41 @@ class LocalExecutor(ClientExecutor):
             ) -> tuple[list[Upload], list[Failure]]:
         uploads: list[Upload] = []
         failures: list[Failure] = []
-        self.before: dict[int, Any] = {}  # kept until the next round, for roll_back()
         for cid, client in self.clients.items():
-            before = self.before[cid] = copy.deepcopy(client.state_dict())
+            before = self._snapshot(client)
             started = time.perf_counter()
             try:
                 upload = client.fit(round_info, downloads.get(cid))
             except Exception as exc:  # one client's failure must not stop the round
                 self.last_error = exc
                 failures.append(Failure(cid, f"{type(exc).__name__}: {exc}"))
-                client.load_state_dict(before)
-                client.apply(downloads.get(cid))
+                self._roll_back(client, before, downloads.get(cid))
             else:
                 took = time.perf_counter() - started
                 if self.timeout and took > self.timeout:
                     failures.append(Failure(
                         cid, f"exceeded the time limit of {self.timeout:g}s (took {took:.1f}s)"))
-                    client.load_state_dict(before)
-                    client.apply(downloads.get(cid))
+                    self._roll_back(client, before, downloads.get(cid))
                 else:
-                    uploads.append(upload)
+                    uploads.append(upload)  # the core validates it again and records why
+                    if self.experiment.validator.check(upload) is not None:
+                        self._roll_back(client, before, downloads.get(cid))
             self.reporter.client_done(cid)
         return uploads, failures
 
-    def roll_back(self, client_ids: Sequence[int], downloads: Mapping[int, Any]) -> None:
-        for cid in client_ids:
-            self.clients[cid].load_state_dict(self.before[cid])
-            self.clients[cid].apply(downloads.get(cid))
+    @staticmethod
+    def _snapshot(client: Any) -> dict[str, Any]:
+        """The client's state before a round. ``Client.state_dict`` already copies the
+        model; the strategy's state may hold live tensors (replay buffer, EWC
+        importances, optimiser moments), so that part is deep-copied."""
+        state = client.state_dict()
+        state["strategy"] = copy.deepcopy(state["strategy"])
+        return state
+
+    @staticmethod
+    def _roll_back(client: Any, before: dict[str, Any], download: Any) -> None:
+        client.load_state_dict(before)
+        client.apply(download)
 
     def client_states(self) -> dict[int, Any]:
         return {cid: client.state_dict() for cid, client in self.clients.items()}

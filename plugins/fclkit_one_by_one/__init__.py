@@ -154,29 +154,34 @@ class OneByOneDistillation(KnowledgeFusion):
         """Distil ``teachers`` into ``state`` one at a time; returns (state, classes)."""
         import torch
 
-        from fclkit.distillation import kd_loss
+        from fclkit.distillation import kd_loss_to_targets, soft_targets
         from fclkit.runtime.seeding import derive_seed
 
         fm = self.context.foundation_model
         opt_cfg = self.options
-        x_pub = self.context.public.x
-        n = len(x_pub)
+        z_pub = fm.precompute(self.context.public.x)  # the frozen part runs once per call
+        n = len(self.context.public.x)
         known = sorted(known)
         fm.load_trainable_state(state)
         params = fm.trainable_parameters()
         for step, (t_logits, t_classes) in enumerate(teachers):
             keep = sorted(set(known) - set(t_classes))
-            prev_logits = None
+            prev_targets = None
             prev_params = None
             if opt_cfg.anchor == "kd" and keep and opt_cfg.anchor_weight > 0:
                 with torch.no_grad():
-                    prev_logits = torch.cat([fm.forward(x_pub[i:i + 512]).cpu()
+                    prev_logits = torch.cat([fm.forward_precomputed(z_pub[i:i + 512]).cpu()
                                              for i in range(0, n, 512)])
+                prev_targets = soft_targets(prev_logits, opt_cfg.temperature, keep)
+                keep_cols = torch.tensor(keep, dtype=torch.long, device=self.context.device)
             elif opt_cfg.anchor == "l2" and known and opt_cfg.anchor_weight > 0:
                 prev_params = [p.detach().clone() for p in params]
             optimizer = torch.optim.Adam(params, lr=opt_cfg.lr)
             gen = torch.Generator().manual_seed(derive_seed(self.context.seed, "obod",
                                                             *seed_parts, step))
+            # fixed during this teacher's epochs: computed once, not at every step
+            t_targets = soft_targets(t_logits, opt_cfg.temperature, t_classes)
+            t_cols = torch.tensor(t_classes, dtype=torch.long, device=self.context.device)
             rows = torch.arange(n)
             if opt_cfg.min_confidence > 0:
                 cols = torch.tensor(t_classes, dtype=torch.long)
@@ -186,13 +191,13 @@ class OneByOneDistillation(KnowledgeFusion):
                 order = rows[torch.randperm(len(rows), generator=gen)]
                 for i in range(0, len(order), opt_cfg.batch_size):
                     idx = order[i:i + opt_cfg.batch_size]
-                    student = fm.forward(x_pub[idx])
-                    loss = kd_loss(student, t_logits[idx].to(student.device),
-                                   opt_cfg.temperature, t_classes)
-                    if prev_logits is not None:
-                        loss = loss + opt_cfg.anchor_weight * kd_loss(
-                            student, prev_logits[idx].to(student.device),
-                            opt_cfg.temperature, keep)
+                    student = fm.forward_precomputed(z_pub[idx])
+                    loss = kd_loss_to_targets(student, t_targets[idx].to(student.device),
+                                              opt_cfg.temperature, t_cols)
+                    if prev_targets is not None:
+                        loss = loss + opt_cfg.anchor_weight * kd_loss_to_targets(
+                            student, prev_targets[idx].to(student.device),
+                            opt_cfg.temperature, keep_cols)
                     elif prev_params is not None:
                         loss = loss + opt_cfg.anchor_weight * sum(
                             ((p - q) ** 2).sum() for p, q in zip(params, prev_params,

@@ -57,6 +57,7 @@ class PublicDataFM(KnowledgeFusion):
         mask = torch.isin(y, torch.tensor(self.known))
         x, y = x[mask], y[mask]
         if len(y):
+            z = fm.precompute(x)  # the frozen part runs once per round
             columns = torch.tensor(self.known)
             remap = {c: i for i, c in enumerate(self.known)}
             target = torch.tensor([remap[int(c)] for c in y])
@@ -67,7 +68,7 @@ class PublicDataFM(KnowledgeFusion):
                 perm = torch.randperm(len(y), generator=gen)
                 for i in range(0, len(y), self.options.batch_size):
                     idx = perm[i:i + self.options.batch_size]
-                    logits = fm.forward(x[idx])
+                    logits = fm.forward_precomputed(z[idx])
                     loss = F.cross_entropy(logits.index_select(1, columns.to(logits.device)),
                                            target[idx].to(logits.device))
                     opt.zero_grad()
