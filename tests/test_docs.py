@@ -70,7 +70,7 @@ def test_every_doc_page_linked_from_readme_exists():
     readme = (DOCS.parent / "README.md").read_text()
     for page in ("quickstart", "configuration", "architecture", "plugins", "method",
                  "results-format", "results", "distributed", "reliability", "bad-inputs",
-                 "cli"):
+                 "cli", "performance"):
         assert f"docs/{page}.md" in readme
         assert (DOCS / f"{page}.md").exists()
 
