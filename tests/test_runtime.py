@@ -32,8 +32,9 @@ def test_run_writes_a_complete_results_folder(tiny, plain_sgd):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 * 2  # tasks x rounds x clients
     assert all(int(r["bytes_up"]) > 0 and int(r["bytes_down"]) > 0 for r in rows)
-    assert set(metrics["timings_seconds"]) >= {"setup", "client_train", "fusion", "evaluation",
-                                               "total"}
+    t = metrics["timings_seconds"]
+    assert set(t) >= {"setup", "to_first_round", "client_train", "fusion", "evaluation", "total"}
+    assert t["setup"] <= t["to_first_round"] <= t["total"]
 
 
 def test_same_seed_gives_identical_accuracies(tiny, plain_sgd):

@@ -87,6 +87,8 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, registry: Registry,
                  reporter: Reporter | None = None) -> None:
+        #: perf_counter() at creation; :func:`run` sets it to its own start
+        self.created = time.perf_counter()
         self.registry = registry
         self.reporter = reporter or Reporter()
         self.strategy = registry.get("strategy", config.cl)
@@ -306,6 +308,8 @@ class Experiment:
             loop.initial = executor.evaluate(-1, {}, self.server.global_fm_state)
             timings["evaluation"] += time.perf_counter() - t0
 
+        if start == 0:  # from fclkit.run's start (or the Experiment's) to the first round
+            timings["to_first_round"] = time.perf_counter() - self.created
         for step in range(start, T * R):
             t, r = divmod(step, R)
             info = RoundInfo(task=t, round=r, rounds_per_task=R)
@@ -496,6 +500,7 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
         config = load_config(Path(resume) / "config.toml")
         resume_state = load_checkpoint(resume)
     experiment = Experiment(config, registry, reporter)
+    experiment.created = started
     config = experiment.config  # fm = "auto" resolved
     import torch
 
