@@ -25,25 +25,6 @@ from torch import nn
 GROUPS = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
 
 
-def digits_tasks():
-    from sklearn.datasets import load_digits
-
-    from fclkit.stream import TaskData
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = np.random.default_rng(0).permutation(len(y))
-    cut = int(0.8 * len(y))
-    train, test = perm[:cut], perm[cut:]
-    tasks = []
-    for t, classes in enumerate(GROUPS):
-        tr = train[np.isin(data.target[train], classes)]
-        te = test[np.isin(data.target[test], classes)]
-        tasks.append(TaskData(t, classes, x[tr], y[tr], x[te], y[te]))
-    return tasks
-
-
 def make_model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -132,8 +113,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from fclkit.interfaces import TrainContext
+    from fclkit_digits import digits_tasks
 
-    tasks = digits_tasks()
+    tasks = digits_tasks(GROUPS)
     context = TrainContext(device="cpu", seed=0, num_classes=10, batch_size=args.batch_size,
                            lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=0.0)
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]

@@ -48,20 +48,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def tasks() -> list[TaskData]:
-    from sklearn.datasets import load_digits
+    from fclkit_digits import digits_tasks
 
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = np.random.default_rng(0).permutation(len(y))
-    cut = int(0.8 * len(y))
-    train, test = perm[:cut], perm[cut:]
-    out = []
-    for t, classes in enumerate(GROUPS):
-        tr = train[np.isin(data.target[train], classes)]
-        te = test[np.isin(data.target[test], classes)]
-        out.append(TaskData(t, classes, x[tr], y[tr], x[te], y[te]))
-    return out
+    return digits_tasks(GROUPS)
 
 
 def make_model(seed: int = 0) -> nn.Module:

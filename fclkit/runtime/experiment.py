@@ -28,6 +28,7 @@ from ..metrics import across_clients, summarize
 from ..plugins import Registered, Registry, build_registry, components_from_classes
 from ..progress import Reporter
 from ..tracking import (
+    AUTO,
     LoggerSet,
     final_scalars,
     resolve_loggers,
@@ -180,7 +181,7 @@ class Experiment:
         loggers = []
         for name, entry in self.logger_entries.items():
             if entry.cls.needs_run_dir and run_dir is None:
-                if list(self.config.loggers) != ["auto"]:
+                if list(self.config.loggers) != [AUTO]:
                     self.reporter.warn(f"logger {name!r} writes into the results folder and "
                                        "this run writes none; it is skipped")
                 continue

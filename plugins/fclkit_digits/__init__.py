@@ -69,6 +69,29 @@ def load_digits() -> tuple[Any, Any]:
     return data.images, data.target
 
 
+def digits_tasks(groups: tuple[tuple[int, ...], ...], train_fraction: float = 0.8,
+                 seed: int = 0) -> list[Any]:
+    """One learner's task sequence on digits, without clients: task ``t`` holds the classes
+    ``groups[t]``, from one random train/test cut (for strategy tests and benchmarks)."""
+    import numpy as np
+    import torch
+
+    from fclkit.stream import TaskData
+
+    images, target = load_digits()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(target, dtype=torch.long)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    cut = int(train_fraction * len(y))
+    train, test = perm[:cut], perm[cut:]
+    tasks = []
+    for t, classes in enumerate(groups):
+        tr = train[np.isin(target[train], classes)]
+        te = test[np.isin(target[test], classes)]
+        tasks.append(TaskData(t, classes, x[tr], y[tr], x[te], y[te]))
+    return tasks
+
+
 @fclkit.hookimpl
 def register_benchmarks(register):
     register(DigitsBenchmark)
