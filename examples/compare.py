@@ -1,6 +1,6 @@
 """The comparison: one-by-one distillation against the baselines, over several seeds.
 
-    python examples/compare.py --benchmark digits --seeds 0 1 2
+    python examples/compare.py --benchmark digits --seeds 0 1 2 --public-labels 5 --sweep 1 1000
 
 For each benchmark and seed it runs
 
@@ -10,10 +10,16 @@ For each benchmark and seed it runs
   FedEWC (fedavg x ewc), and the foundation model without private data
   (``fm-only``),
 
-and writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final
-average accuracy and average forgetting of every evaluated model, a figure, and
-the command that made them. Every run's results folder stays under ``--output``
-(``fclkit report`` draws any of them).
+with the server holding ``--public-labels`` labelled examples per class of its public set
+(the same labels for the method and for ``fm-only``; the rest of the public set is
+unlabelled). ``--sweep`` adds runs of ``one-by-one x replay`` and ``fm-only`` at other
+label budgets: where the FM alone catches up with the method.
+
+It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final
+average accuracy and average forgetting of every evaluated model, a figure, the
+label sweep, a check of the goal computed from the table, and the command that
+made them. Every run's results folder stays under ``--output`` (``fclkit report``
+draws any of them); finished runs found there are reused.
 """
 
 from __future__ import annotations
@@ -39,28 +45,37 @@ MODELS = ("fm", "fm_global", "small")
 LABELS = {"fm": "personalised FM", "fm_global": "global FM", "small": "small models"}
 
 
-def plan(benchmark: str) -> list[dict]:
+SWEPT = ("one-by-one × replay", "FM without private data")
+
+
+def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
     homo, hetero = SMALL_MODELS[benchmark]
     runs = []
     for models, kind in ((homo, "homogeneous"), (hetero, "heterogeneous")):
         for fusion, cl in METHOD:
             runs.append({"label": f"one-by-one × {cl}", "fusion": fusion, "cl": cl,
-                         "client_models": models, "models": kind})
+                         "client_models": models, "models": kind, "labels": labels})
     for fusion, cl, label in BASELINES:
         runs.append({"label": label, "fusion": fusion, "cl": cl, "client_models": homo,
-                     "models": "homogeneous"})
+                     "models": "homogeneous", "labels": labels})
+    for budget in sweep:
+        if budget != labels:
+            runs += [{**r, "labels": budget} for r in runs[:len(runs)]
+                     if r["label"] in SWEPT and r["models"] == "homogeneous"
+                     and r["labels"] == labels]
     return runs
 
 
-def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict) -> list:
+def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict,
+            labels: int, sweep: list[int]) -> list:
     rows = []
-    total = sum(len(plan(b)) for b in benchmarks) * len(seeds)
+    total = sum(len(plan(b, labels, sweep)) for b in benchmarks) * len(seeds)
     done = 0
     for benchmark in benchmarks:
-        for spec in plan(benchmark):
+        for spec in plan(benchmark, labels, sweep):
             for seed in seeds:
-                name = (f"{benchmark}-{spec['fusion']}-{spec['cl']}-{spec['models'][:6]}"
-                        f"-s{seed}")
+                name = (f"{benchmark}-L{spec['labels']}-{spec['fusion']}-{spec['cl']}-"
+                        f"{spec['models'][:6]}-s{seed}")
                 metrics_path = output / name / "metrics.json"
                 if metrics_path.exists():  # resume an interrupted comparison
                     metrics = json.loads(metrics_path.read_text())
@@ -68,7 +83,8 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
                     config = fclkit.ExperimentConfig(
                         benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
                         client_models=spec["client_models"], seed=seed,
-                        output=str(output), name=name, **overrides)
+                        public_labels=spec["labels"], output=str(output), name=name,
+                        **overrides)
                     started = time.perf_counter()
                     metrics = fclkit.run(config).metrics
                     print(f"[{done + 1}/{total}] {name}: "
@@ -94,7 +110,7 @@ def _cell(values: list[float]) -> str:
 def summarise(rows: list[dict]) -> dict:
     groups: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["benchmark"], r["label"], r["models"])
+        key = (r["benchmark"], r["label"], r["models"], r["labels"])
         g = groups.setdefault(key, {m: {"accuracy": [], "forgetting": []} for m in MODELS})
         for m, res in r["results"].items():
             g[m]["accuracy"].append(res["accuracy"])
@@ -103,13 +119,75 @@ def summarise(rows: list[dict]) -> dict:
     return groups
 
 
-def figure(groups: dict, benchmark: str, path: Path) -> None:
+def _mean(values: list[float]) -> float | None:
+    return 100 * statistics.fmean(values) if values else None
+
+
+def goal_check(groups: dict, benchmark: str, labels: int) -> list[str]:
+    """The team's goal, checked from the table: the method's personalised FM at least 5
+    points above every baseline with lower forgetting; heterogeneous models cost <= 2."""
+    def get(label: str, models: str = "homogeneous") -> dict | None:
+        return groups.get((benchmark, label, models, labels))
+
+    method = max((f"one-by-one × {cl}" for _, cl in METHOD if get(f"one-by-one × {cl}")),
+                 key=lambda lab: _mean(get(lab)["fm"]["accuracy"]) or 0.0, default=None)
+    if method is None:
+        return []
+    m = get(method)
+    acc, forg = _mean(m["fm"]["accuracy"]), _mean(m["fm"]["forgetting"])
+    lines = [f"Goal check (computed from the table above): the best method row, **{method}**, "
+             f"personalised FM {acc:.1f} % (forgetting {forg:.1f} %), against each baseline "
+             "(FedAvg baselines have no FM: their small models count).", "",
+             "| baseline | its accuracy | margin | ≥ 5 points? | its forgetting | method's "
+             "forgetting lower? |", "|---|---|---|---|---|---|"]
+    for _, _, label in BASELINES:
+        b = get(label)
+        if b is None:
+            continue
+        model = "fm" if b["fm"]["accuracy"] else "small"
+        b_acc, b_forg = _mean(b[model]["accuracy"]), _mean(b[model]["forgetting"])
+        lines.append(f"| {label} | {b_acc:.1f} | {acc - b_acc:+.1f} | "
+                     f"{'yes' if acc - b_acc >= 5 else '**no**'} | {b_forg:.1f} | "
+                     f"{'yes' if forg < b_forg else '**no**'} |")
+    hetero = get(method, "heterogeneous")
+    if hetero is not None:
+        h_acc = _mean(hetero["fm"]["accuracy"])
+        cost = acc - h_acc
+        lines += ["", f"Heterogeneous small models: {h_acc:.1f} % against {acc:.1f} % "
+                  f"homogeneous, a cost of {cost:+.1f} points "
+                  f"({'within' if cost <= 2 else '**over**'} the 2-point limit)."]
+    return lines + [""]
+
+
+def sweep_table(groups: dict, benchmark: str) -> list[str]:
+    budgets = sorted({k[3] for k in groups if k[0] == benchmark and k[1] in SWEPT})
+    if len(budgets) < 2:
+        return []
+    lines = ["How the comparison depends on the server's labels (homogeneous small models; "
+             "labels per class of the public set, the same for both):", "",
+             "| labels per class | FM without private data | one-by-one × replay: "
+             "personalised FM | global FM | difference |", "|---|---|---|---|---|"]
+    for n in budgets:
+        base = groups.get((benchmark, SWEPT[1], "homogeneous", n))
+        meth = groups.get((benchmark, SWEPT[0], "homogeneous", n))
+        if meth is None:
+            continue
+        diff = "–"
+        if base is not None and base["fm"]["accuracy"]:
+            diff = f"{_mean(meth['fm']['accuracy']) - _mean(base['fm']['accuracy']):+.1f}"
+        lines.append(f"| {n} | {_cell(base['fm']['accuracy']) if base else '– (needs labels)'}"
+                     f" | {_cell(meth['fm']['accuracy'])} | "
+                     f"{_cell(meth['fm_global']['accuracy'])} | {diff} |")
+    return lines + [""]
+
+
+def figure(groups: dict, benchmark: str, labels: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in groups if k[0] == benchmark]
+    keys = [k for k in groups if k[0] == benchmark and k[3] == labels]
     labels = [f"{k[1]}\n({k[2]})" for k in keys]
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys)), 4.5))
     width = 0.27
@@ -134,7 +212,7 @@ ANALYSIS = "<!-- analysis: kept when the tables are refreshed -->"
 
 
 def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
-              command: str, seconds: float) -> None:
+              command: str, seconds: float, labels: int) -> None:
     kept = ""
     if doc.exists() and ANALYSIS in doc.read_text(encoding="utf-8"):
         kept = doc.read_text(encoding="utf-8").split(ANALYSIS, 1)[1]
@@ -146,21 +224,24 @@ def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
              f"(seeds {', '.join(map(str, seeds))}; fclkit {fclkit.__version__}).", "",
              "Final average accuracy and average forgetting, in %, mean ± std over seeds "
              "(each seed: mean over clients). '–': the run has no such model (FedAvg "
-             "baselines have no foundation model).", ""]
+             f"baselines have no foundation model). The server holds {labels} labelled "
+             "examples per class of its public set (`public_labels`), for the method and "
+             "for `fm-only` alike; the rest of the public set is unlabelled.", ""]
     for b in benchmarks:
-        figure(groups, b, figures / f"{b}-accuracy.png")
+        figure(groups, b, labels, figures / f"{b}-accuracy.png")
         lines += [f"## {b}", "",
                   "| run | small models | personalised FM acc. | personalised FM forg. | "
                   "global FM acc. | small acc. | small forg. |",
                   "|---|---|---|---|---|---|---|"]
         for key, g in groups.items():
-            if key[0] != b:
+            if key[0] != b or key[3] != labels:
                 continue
             lines.append(
                 f"| {key[1]} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
                 f"{_cell(g['fm']['forgetting'])} | {_cell(g['fm_global']['accuracy'])} | "
                 f"{_cell(g['small']['accuracy'])} | {_cell(g['small']['forgetting'])} |")
         lines += ["", f"![{b}](results/{b}-accuracy.png)", ""]
+        lines += goal_check(groups, b, labels) + sweep_table(groups, b)
     doc.write_text("\n".join(lines) + "\n" + ANALYSIS + kept, encoding="utf-8")
 
 
@@ -173,16 +254,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/compare"))
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"),
                         help="where the table goes; an analysis section is kept if present")
+    parser.add_argument("--public-labels", type=int, default=5, metavar="N",
+                        help="labelled public examples per class the server holds (default 5)")
+    parser.add_argument("--sweep", nargs="*", type=int, default=[], metavar="N",
+                        help="other label budgets at which to run one-by-one × replay and "
+                        "fm-only (a number above the public set's size per class labels all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="configuration overrides for every run, e.g. rounds=2")
     args = parser.parse_args(argv)
     overrides = fclkit.config.parse_option_pairs(args.set, "--set")
-    rows = run_all(args.benchmark, args.seeds, args.output, overrides)
+    rows = run_all(args.benchmark, args.seeds, args.output, overrides, args.public_labels,
+                   args.sweep)
     (args.output / "comparison.json").write_text(json.dumps(rows, indent=1))
     command = "python examples/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     # the runs' own wall times (runs reused from --output count with the time they took)
     write_doc(summarise(rows), args.benchmark, args.seeds, args.doc, command.strip(),
-              sum(r["seconds"] for r in rows))
+              sum(r["seconds"] for r in rows), args.public_labels)
     print(f"wrote {args.doc}")
 
 

@@ -155,6 +155,12 @@ class ExperimentConfig:
         0.1, "fraction of the data held out as the server's public/proxy set "
         "(when the benchmark has no public set of its own)",
         float_in(0.0, 1.0, high_open=True))
+    public_labels: int = setting(
+        0, "labelled examples per class the server holds in its public set; the rest of "
+        "the set is unlabelled. 0 (the default, as in the paper's setting): no labels. "
+        "fm-only trains on them, one-by-one adds a cross-entropy term on them "
+        "(fusion option label_weight); a number at least the set's size per class labels "
+        "every example", int_at_least(0))
 
     # the small models and how they learn
     client_models: tuple = setting(

@@ -81,4 +81,7 @@ class FusionResult:
 
     downloads: dict[int, Download]
     global_fm_state: dict[str, torch.Tensor] | None = None
+    #: classes the global FM part has been fused on: it predicts only among these
+    #: (None: among every class). Downloads say the same in ``metadata["fm_classes"]``.
+    global_fm_classes: tuple[int, ...] | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)

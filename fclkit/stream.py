@@ -54,12 +54,61 @@ class ClientStream:
     tasks: tuple[TaskData, ...]
 
 
+#: the label of a public example whose label the server does not hold
+UNLABELLED = -1
+
+
 @attrs.frozen(eq=False)
 class PublicSet:
-    """Unlabelled public/proxy data held by the server (disjoint from every client)."""
+    """The server's public/proxy data, disjoint from every client's.
+
+    ``x`` holds every input. ``y`` holds a label per example where one is known
+    and :data:`UNLABELLED` (-1) where not; ``None`` when no example is labelled.
+    A benchmark yields every label it has; a fusion sees only the labels the
+    run's ``public_labels`` budget gives the server (:meth:`server_view`).
+    """
 
     x: torch.Tensor
-    y: torch.Tensor | None = None  # kept only for analysis; fusion must not use labels
+    y: torch.Tensor | None = None
+
+    @property
+    def labelled_index(self) -> torch.Tensor:
+        """Indices of the examples whose label is known (empty when none is)."""
+        import torch
+
+        if self.y is None:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.nonzero(self.y != UNLABELLED).flatten()
+
+    @property
+    def labelled_x(self) -> torch.Tensor:
+        return self.x[self.labelled_index]
+
+    @property
+    def labelled_y(self) -> torch.Tensor:
+        import torch
+
+        if self.y is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self.y[self.labelled_index]
+
+    def server_view(self, per_class: int, seed: int) -> PublicSet:
+        """The same inputs with at most ``per_class`` labels of each class kept (chosen
+        at random under ``seed``); every other label becomes :data:`UNLABELLED`."""
+        import torch
+
+        if per_class == 0 or self.y is None:
+            return PublicSet(x=self.x)
+        known = self.labelled_index
+        gen = torch.Generator().manual_seed(seed)
+        keep = []
+        for c in torch.unique(self.y[known]).tolist():
+            idx = known[self.y[known] == c]
+            keep.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+        y = torch.full_like(self.y, UNLABELLED)
+        chosen = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+        y[chosen] = self.y[chosen]
+        return PublicSet(x=self.x, y=y)
 
 
 @attrs.frozen(eq=False)

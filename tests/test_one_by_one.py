@@ -89,10 +89,56 @@ def test_teacher_order(base, order, expected):
 
 
 def test_fm_only_ignores_private_models(base):
-    result = fclkit.run(base.evolve(fusion="fm-only"), write_results=False)
+    result = fclkit.run(base.evolve(fusion="fm-only", public_labels=5), write_results=False)
     alone = fclkit.run(base.evolve(fusion="isolated"), write_results=False)
     assert _small(result, 0) == _small(alone, 0)  # no guidance reaches the clients
     assert result.summary("fm")["average_accuracy"] > 0.5
+
+
+def test_fm_only_without_server_labels_says_how_to_give_it_some(base):
+    with pytest.raises(fclkit.ConfigError, match="public_labels") as err:
+        fclkit.run(base.evolve(fusion="fm-only"), write_results=False)
+    assert "--public-labels" in err.value.hint
+
+
+@pytest.mark.parametrize("budget,expected", [(0, 0), (3, 3), (1000, None)])
+def test_the_fusion_sees_only_the_servers_label_budget(base, budget, expected):
+    """The benchmark knows every public label; the fusion gets `public_labels` per class."""
+    import torch
+
+    exp, fusion = _fusion(base.evolve(public_labels=budget))
+    full = exp.stream.public.y
+    seen = fusion.context.public
+    assert torch.equal(seen.x, exp.stream.public.x)  # every input, labelled or not
+    counts = torch.bincount(seen.labelled_y, minlength=10)
+    if expected is None:  # more than the set has: every example labelled
+        assert torch.equal(seen.y, full)
+    else:
+        assert len(seen.labelled_index) == expected * 10
+        assert all(int(c) == expected for c in counts)
+        assert torch.equal(seen.labelled_y, full[seen.labelled_index])  # true labels
+        if expected:
+            assert int((seen.y == -1).sum()) == len(full) - expected * 10
+
+
+def test_label_weight_zero_gives_the_unlabelled_run(base):
+    unlabelled = fclkit.run(base, write_results=False)
+    zero = fclkit.run(base.evolve(public_labels=5, fusion_options={"label_weight": 0.0}),
+                      write_results=False)
+    with_labels = fclkit.run(base.evolve(public_labels=5), write_results=False)
+    assert zero.summary("fm") == unlabelled.summary("fm")
+    assert with_labels.summary("fm") != unlabelled.summary("fm")
+
+
+def test_fm_predicts_only_the_classes_it_was_fused_on(base):
+    """An FM head's columns of classes no teacher has taught yet are untrained: after the
+    first task the personalised and the global FM score exactly 0 on the second task."""
+    for fusion, extra in (("one-by-one", {}), ("fm-only", {"public_labels": 5})):
+        result = fclkit.run(base.evolve(fusion=fusion, **extra), write_results=False)
+        for model in ("fm", "fm_global"):
+            matrix = result.summary(model)["accuracy_matrix"]
+            assert matrix[0][1] == 0.0, (fusion, model)
+            assert matrix[0][0] > 0.6, (fusion, model)
 
 
 @pytest.mark.parametrize("mode,expected", [("seen", [0, 1, 2, 3]), ("task", [2, 3])])

@@ -10,6 +10,7 @@ from ..interfaces import ContinualStrategy, FoundationModel
 from ..messages import Download, RoundInfo, Upload
 from ..stream import ClientStream
 from .seeding import derive_seed
+from .server import split_fm_classes
 
 EVAL_BATCH = 512
 
@@ -26,6 +27,22 @@ def accuracy(forward: Any, x: Any, y: Any) -> float:
             logits = forward(x[start:start + EVAL_BATCH])
             correct += int((logits.argmax(dim=1).cpu() == y[start:start + EVAL_BATCH]).sum())
     return correct / len(y)
+
+
+def _restricted(forward: Any, classes: list[int] | None) -> Any:
+    """``forward`` whose predictions are limited to ``classes`` (all when empty/None): an FM
+    head's columns of classes it was never fused on are untrained and must not win."""
+    if not classes:
+        return forward
+    import torch
+
+    def masked(x: Any) -> Any:
+        logits = forward(x)
+        mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device)
+        mask[torch.tensor(classes, dtype=torch.long, device=logits.device)] = 0.0
+        return logits + mask
+
+    return masked
 
 
 class Client:
@@ -49,8 +66,11 @@ class Client:
         self.classes_seen: set[int] = set()
         self.guidance_weight = guidance_weight
         self.guidance_temperature = guidance_temperature
-        #: classes the personalised FM part has been fused on (its guidance covers only these)
+        #: classes the personalised FM part has been fused on: it predicts among these only
+        #: and its guidance covers only these (empty: every class, and no guidance)
         self.fm_classes: list[int] = []
+        #: False when the fusion asks for no guidance (``metadata["fm_guidance"]``)
+        self.fm_guidance = True
 
     # ------------------------------------------------------------ messages
 
@@ -63,6 +83,7 @@ class Client:
         if download.fm_state is not None:
             self.fm_state = dict(download.fm_state)
             self.fm_classes = sorted(download.metadata.get("fm_classes", []))
+            self.fm_guidance = bool(download.metadata.get("fm_guidance", True))
 
     def fit(self, round_info: RoundInfo, download: Download | None) -> Upload:
         """Apply ``download``, train one round on the current task, return the upload."""
@@ -98,7 +119,7 @@ class Client:
         """
         fm = self.foundation_model
         if (fm is None or self.guidance_weight == 0 or self.fm_state is None
-                or not self.fm_classes):
+                or not self.fm_classes or not self.fm_guidance):
             return []
         import torch
 
@@ -129,10 +150,13 @@ class Client:
         if fm is not None:
             if self.fm_state is not None:
                 fm.load_trainable_state(self.fm_state)
-                out["fm"] = [self._acc(fm.forward, t) for t in self.stream.tasks]
-            if global_fm_state is not None:
-                fm.load_trainable_state(global_fm_state)
-                out["fm_global"] = [self._acc(fm.forward, t) for t in self.stream.tasks]
+                forward = _restricted(fm.forward, self.fm_classes)
+                out["fm"] = [self._acc(forward, t) for t in self.stream.tasks]
+            state, classes = split_fm_classes(global_fm_state)
+            if state is not None:
+                fm.load_trainable_state(state)
+                forward = _restricted(fm.forward, classes)
+                out["fm_global"] = [self._acc(forward, t) for t in self.stream.tasks]
         return out
 
     def _small_forward(self, x: Any) -> Any:
@@ -151,6 +175,7 @@ class Client:
             "strategy": self.strategy.state_dict(),
             "fm_state": self.fm_state,
             "fm_classes": list(self.fm_classes),
+            "fm_guidance": self.fm_guidance,
             "classes_seen": sorted(self.classes_seen),
         }
 
@@ -160,3 +185,4 @@ class Client:
         self.fm_state = dict(state["fm_state"]) if state.get("fm_state") is not None else None
         self.classes_seen = set(state.get("classes_seen", []))
         self.fm_classes = list(state.get("fm_classes", []))
+        self.fm_guidance = bool(state.get("fm_guidance", True))

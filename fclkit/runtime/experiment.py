@@ -244,11 +244,27 @@ class Experiment:
         fusion.setup(FusionContext(
             client_ids=tuple(range(c.clients)), architectures=dict(self.architectures),
             num_classes=self.stream.num_classes, device=c.device, seed=c.seed,
-            foundation_model=self.foundation_model, public=self.stream.public,
+            foundation_model=self.foundation_model, public=self.server_public_set(),
             build_small_model=self.build_small_model))
         self.server = Server(fusion)
         self.server.global_fm_state = self.initial_fm_state
         self.timings["setup"] = time.perf_counter() - started
+
+    def server_public_set(self) -> Any:
+        """The public set as the server sees it: every input, and only the labels of the
+        ``public_labels`` budget (the benchmark may know more; the fusion never sees them)."""
+        c, public = self.config, self.stream.public
+        if public is None:
+            if c.public_labels > 0:
+                raise ConfigError("public_labels", c.public_labels,
+                                  f"benchmark {c.benchmark!r} gives the server no public set",
+                                  hint="set public_fraction > 0 (e.g. 0.1)")
+            return None
+        if c.public_labels > 0 and len(public.labelled_index) == 0:
+            raise ConfigError("public_labels", c.public_labels,
+                              f"benchmark {c.benchmark!r} has no labels for its public set",
+                              hint="set public_labels = 0 (an unlabelled public set)")
+        return public.server_view(c.public_labels, derive_seed(c.seed, "public-labels"))
 
     def build_small_model(self, architecture: str) -> Any:
         """A fresh small model; same architecture + seed -> identical initial weights."""
@@ -306,7 +322,7 @@ class Experiment:
                       f"round {R if start % R == 0 else start % R}")
         else:
             t0 = time.perf_counter()
-            loop.initial = executor.evaluate(-1, {}, self.server.global_fm_state)
+            loop.initial = executor.evaluate(-1, {}, self.server.global_fm())
             timings["evaluation"] += time.perf_counter() - t0
 
         if start == 0:  # from fclkit.run's start (or the Experiment's) to the first round
@@ -351,7 +367,7 @@ class Experiment:
             if info.is_last_round:
                 t0 = time.perf_counter()
                 loop.evals.append(executor.evaluate(t, loop.pending,
-                                                    self.server.global_fm_state))
+                                                    self.server.global_fm()))
                 timings["evaluation"] += time.perf_counter() - t0
                 loop.pending = {}
                 rep.task_done(t, self._mean_last(loop.evals[-1], t))

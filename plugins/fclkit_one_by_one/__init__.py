@@ -73,6 +73,13 @@ class OneByOneDistillation(KnowledgeFusion):
             float_in(0.0, 1.0))
         personalise: bool = setting(
             True, "True: one FM part per client; False: every client gets the global one")
+        label_weight: float = setting(
+            1.0, "weight of a cross-entropy term on the server's labelled public examples "
+            "(config public_labels) of the classes known so far, added at every teacher's "
+            "step; no effect when the server holds no labels", non_negative)
+        distil_labelled: bool = setting(
+            False, "also distil the teachers on the public examples whose label the server "
+            "holds (False: where the label is known, it alone teaches)")
 
     def setup(self, context: Any) -> None:
         super().setup(context)
@@ -80,6 +87,9 @@ class OneByOneDistillation(KnowledgeFusion):
             raise fclkit.ConfigError(
                 "public_fraction", 0.0, "one-by-one distils on the server's public set, and "
                 "this benchmark has none", hint="set public_fraction > 0 (e.g. 0.1)")
+        #: indices (into the public set) and labels of the examples the server has labels for
+        self.labelled_index = context.public.labelled_index
+        self.labelled_y = context.public.labelled_y
         fm = context.foundation_model
         initial = fm.trainable_state()
         self.personal: dict[int, dict[str, Any]] = {k: initial for k in context.client_ids}
@@ -112,6 +122,7 @@ class OneByOneDistillation(KnowledgeFusion):
                 state, classes = self.global_state, self.global_classes
             downloads[k] = Download(fm_state=state, metadata={"fm_classes": list(classes)})
         return FusionResult(downloads=downloads, global_fm_state=self.global_state,
+                            global_fm_classes=tuple(self.global_classes),
                             metadata={"teachers": ids})
 
     def _classes_of(self, upload: Upload) -> list[int]:
@@ -166,6 +177,7 @@ class OneByOneDistillation(KnowledgeFusion):
         params = fm.trainable_parameters()
         for step, (t_logits, t_classes) in enumerate(teachers):
             keep = sorted(set(known) - set(t_classes))
+            labels = self._label_term(sorted(set(known) | set(t_classes)))
             prev_targets = None
             prev_params = None
             if opt_cfg.anchor == "kd" and keep and opt_cfg.anchor_weight > 0:
@@ -182,18 +194,27 @@ class OneByOneDistillation(KnowledgeFusion):
             # fixed during this teacher's epochs: computed once, not at every step
             t_targets = soft_targets(t_logits, opt_cfg.temperature, t_classes)
             t_cols = torch.tensor(t_classes, dtype=torch.long, device=self.context.device)
-            rows = torch.arange(n)
+            rows = torch.arange(n)  # where this teacher is distilled
+            if (opt_cfg.label_weight > 0 and len(self.labelled_index)
+                    and not opt_cfg.distil_labelled):
+                rows = rows[~torch.isin(rows, self.labelled_index)]
             if opt_cfg.min_confidence > 0:
                 cols = torch.tensor(t_classes, dtype=torch.long)
                 conf = t_logits.index_select(1, cols).softmax(dim=1).max(dim=1).values
                 rows = rows[conf >= opt_cfg.min_confidence]
-            for _ in range(opt_cfg.epochs if len(rows) else 0):
-                order = rows[torch.randperm(len(rows), generator=gen)]
+            # batches go over the distillation rows; with none left (every public example
+            # labelled), over the labelled ones, and only the labels teach
+            batch_rows = rows if len(rows) or labels is None else labels[0]
+            for _ in range(opt_cfg.epochs if len(batch_rows) else 0):
+                order = batch_rows[torch.randperm(len(batch_rows), generator=gen)]
                 for i in range(0, len(order), opt_cfg.batch_size):
                     idx = order[i:i + opt_cfg.batch_size]
                     student = fm.forward_precomputed(z_pub[idx])
-                    loss = kd_loss_to_targets(student, t_targets[idx].to(student.device),
-                                              opt_cfg.temperature, t_cols)
+                    loss = student.new_zeros(())
+                    if len(rows):
+                        loss = loss + kd_loss_to_targets(
+                            student, t_targets[idx].to(student.device), opt_cfg.temperature,
+                            t_cols)
                     if prev_targets is not None:
                         loss = loss + opt_cfg.anchor_weight * kd_loss_to_targets(
                             student, prev_targets[idx].to(student.device),
@@ -202,11 +223,43 @@ class OneByOneDistillation(KnowledgeFusion):
                         loss = loss + opt_cfg.anchor_weight * sum(
                             ((p - q) ** 2).sum() for p, q in zip(params, prev_params,
                                                                  strict=True))
+                    if labels is not None:
+                        loss = loss + opt_cfg.label_weight * self._label_loss(
+                            fm, z_pub, labels, len(idx), gen)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
             known = sorted(set(known) | set(t_classes))
         return fm.trainable_state(), known
+
+    @staticmethod
+    def _label_loss(fm: Any, z_pub: Any, labels: tuple[Any, Any, Any], size: int,
+                    gen: Any) -> Any:
+        """Cross-entropy on ``size`` labelled public examples drawn at random."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, target, cols = labels
+        pick = rows[torch.randint(len(rows), (min(len(rows), size),), generator=gen)]
+        logits = fm.forward_precomputed(z_pub[pick]).index_select(1, cols)
+        return F.cross_entropy(logits, target[pick].to(logits.device))
+
+    def _label_term(self, classes: list[int]) -> tuple[Any, Any, Any] | None:
+        """(public rows, targets indexed by row, columns) of the labelled public examples of
+        ``classes``, for the cross-entropy term; None when there are none or it is off."""
+        import torch
+
+        if self.options.label_weight == 0 or len(self.labelled_index) == 0 or not classes:
+            return None
+        mask = torch.isin(self.labelled_y, torch.tensor(classes))
+        if not bool(mask.any()):
+            return None
+        column = {c: i for i, c in enumerate(classes)}
+        target = torch.full((len(self.context.public.x),), -1, dtype=torch.long)
+        target[self.labelled_index[mask]] = torch.tensor(
+            [column[int(c)] for c in self.labelled_y[mask]])
+        cols = torch.tensor(classes, dtype=torch.long, device=self.context.device)
+        return self.labelled_index[mask], target, cols
 
     # ---------------------------------------------------------------- state
 

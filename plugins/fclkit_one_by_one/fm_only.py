@@ -1,11 +1,12 @@
 """Baseline fusion ``fm-only``: the foundation model without any private data.
 
 The paper's point of comparison: a pretrained FM that cannot use the clients'
-private data. Each round the server trains the FM's head on its own *labelled*
-public set only, restricted to the classes announced so far (the clients'
-``classes_seen``: label names, not data). The small models are uploaded (so the
+private data. Each round the server trains the FM's head on the labelled
+examples of its public set only (the run's ``public_labels`` budget: the same
+labels one-by-one may use), restricted to the classes announced so far (the
+clients' ``classes_seen``: label names, not data). The small models are uploaded (so the
 run is otherwise identical) but never used, and no FM guidance goes back to the
-clients. Every client receives the same FM part.
+clients (``fm_guidance = False``). Every client receives the same FM part.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fclkit.messages import Download, Failure, FusionResult, RoundInfo, Upload
 class PublicDataFM(KnowledgeFusion):
     name = "fm-only"
     description = ("baseline: the foundation model without private data (head trained on "
-                   "the server's labelled public set only)")
+                   "the server's labelled public examples only; needs public_labels > 0)")
     requires_foundation_model = True
 
     @attrs.frozen
@@ -36,10 +37,15 @@ class PublicDataFM(KnowledgeFusion):
     def setup(self, context: Any) -> None:
         super().setup(context)
         public = context.public
-        if public is None or public.y is None or len(public.x) == 0:
+        if public is None or len(public.x) == 0:
             raise fclkit.ConfigError(
-                "fusion", "fm-only", "needs a labelled public set, and this benchmark's "
-                "public set has no labels", hint="set public_fraction > 0")
+                "fusion", "fm-only", "trains on the server's labelled public examples, and "
+                "this run gives the server no public set", hint="set public_fraction > 0")
+        if len(public.labelled_index) == 0:
+            raise fclkit.ConfigError(
+                "fusion", "fm-only", "trains on the server's labelled public examples, and "
+                "the server holds no labels (public_labels = 0)",
+                hint="set public_labels, e.g. --public-labels 5 (labels per class)")
         self.state = context.foundation_model.trainable_state()
         self.known: list[int] = []
 
@@ -53,7 +59,7 @@ class PublicDataFM(KnowledgeFusion):
         self.known = sorted(set(self.known).union(*(u.classes_seen for u in uploads)))
         fm = self.context.foundation_model
         fm.load_trainable_state(self.state)
-        x, y = self.context.public.x, self.context.public.y
+        x, y = self.context.public.labelled_x, self.context.public.labelled_y
         mask = torch.isin(y, torch.tensor(self.known))
         x, y = x[mask], y[mask]
         if len(y):
@@ -76,9 +82,11 @@ class PublicDataFM(KnowledgeFusion):
                     opt.step()
             self.state = fm.trainable_state()
         return FusionResult(
-            downloads={k: Download(fm_state=self.state, metadata={"fm_classes": []})
+            downloads={k: Download(fm_state=self.state,
+                                   metadata={"fm_classes": list(self.known),
+                                             "fm_guidance": False})
                        for k in self.context.client_ids},
-            global_fm_state=self.state)
+            global_fm_state=self.state, global_fm_classes=tuple(self.known))
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.state, "known": self.known}

@@ -1,0 +1,39 @@
+"""examples/compare.py: which runs it plans and how it checks the goal from the table."""
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "compare", Path(__file__).parents[1] / "examples" / "compare.py")
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+def test_plan_gives_method_and_fm_only_the_same_label_budget_and_sweeps_both():
+    runs = compare.plan("digits", 5, [1, 5, 1000])
+    main = [r for r in runs if r["labels"] == 5]
+    assert len(main) == 12  # 8 method runs (homogeneous + heterogeneous) + 4 baselines
+    for budget in (1, 1000):
+        swept = {r["label"] for r in runs if r["labels"] == budget}
+        assert swept == {"one-by-one × replay", "FM without private data"}
+    assert len(runs) == 12 + 2 * 2
+
+
+def _group(acc, forg=0.1, fm=True):
+    empty = {"accuracy": [], "forgetting": []}
+    entry = {"accuracy": [acc, acc], "forgetting": [forg, forg]}
+    return {"fm": entry if fm else empty, "fm_global": entry if fm else empty,
+            "small": entry}
+
+
+def test_goal_check_reports_margins_forgetting_and_the_heterogeneous_cost():
+    g = {("b", "one-by-one × replay", "homogeneous", 5): _group(0.80, 0.10),
+         ("b", "one-by-one × naive", "homogeneous", 5): _group(0.20, 0.80),
+         ("b", "one-by-one × replay", "heterogeneous", 5): _group(0.77, 0.10),
+         ("b", "FedAvg fine-tuning", "homogeneous", 5): _group(0.20, 0.90, fm=False),
+         ("b", "FM without private data", "homogeneous", 5): _group(0.78, 0.05)}
+    text = "\n".join(compare.goal_check(g, "b", 5))
+    assert "**one-by-one × replay**, personalised FM 80.0 %" in text
+    assert "| FedAvg fine-tuning | 20.0 | +60.0 | yes | 90.0 | yes |" in text
+    assert "| FM without private data | 78.0 | +2.0 | **no** | 5.0 | **no** |" in text
+    assert "a cost of +3.0 points (**over** the 2-point limit)" in text
