@@ -15,15 +15,18 @@ def trim(x: torch.Tensor) -> torch.Tensor:
 
 
 class ByteNgramBag(nn.Module):
-    """Mean of hashed byte n-gram embeddings (fastText-like), then an MLP."""
+    """Mean of hashed byte n-gram embeddings (fastText-like), then an MLP.
+
+    The mean and the hidden layer are layer-normalised (see :class:`ByteCNN` for why).
+    """
 
     def __init__(self, buckets: int, dim: int, ngrams: int, hidden: int, dropout: float,
                  num_classes: int) -> None:
         super().__init__()
         self.buckets, self.ngrams = buckets, ngrams
         self.embed = nn.Embedding(buckets + 1, dim, padding_idx=0)  # 0 = no n-gram
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, num_classes))
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.LayerNorm(hidden),
+                                 nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = trim(x)
@@ -47,13 +50,22 @@ class ByteNgramBag(nn.Module):
 
 
 class ByteCNN(nn.Module):
-    """Byte embeddings, parallel 1-D convolutions, global max pooling."""
+    """Byte embeddings, parallel 1-D convolutions, global max pooling.
+
+    Each convolution's output is layer-normalised over its channels at every position
+    before the ReLU, and the pooled features once more before the output layer. Without
+    them, SGD at the default local settings (lr 0.05, momentum 0.9) let the max-pooled
+    features and the logits grow until the loss jumped and the weights became NaN in some
+    seeds; normalised, the features the output layer sees keep a fixed scale.
+    """
 
     def __init__(self, vocab: int, dim: int, channels: int, kernels: tuple[int, ...],
                  dropout: float, num_classes: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(dim, channels, k, padding=k // 2) for k in kernels)
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in kernels)
+        self.pooled_norm = nn.LayerNorm(channels * len(kernels))
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(channels * len(kernels), num_classes)
 
@@ -62,10 +74,11 @@ class ByteCNN(nn.Module):
         mask = (x != 0).unsqueeze(1)
         h = self.embed(x).transpose(1, 2)  # (N, dim, L)
         pooled = []
-        for conv in self.convs:
-            a = torch.relu(conv(h))[..., :x.shape[1]]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            a = conv(h)[..., :x.shape[1]]
+            a = torch.relu(norm(a.transpose(1, 2)).transpose(1, 2))
             pooled.append((a * mask).amax(-1))  # ReLU >= 0, so masked zeros never win
-        return self.out(self.drop(torch.cat(pooled, 1)))
+        return self.out(self.drop(self.pooled_norm(torch.cat(pooled, 1))))
 
 
 class ByteGRU(nn.Module):
