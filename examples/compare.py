@@ -67,7 +67,7 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
 
 
 def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict,
-            labels: int, sweep: list[int]) -> list:
+            labels: int, sweep: list[int], reuse_only: bool = False) -> list:
     rows = []
     total = sum(len(plan(b, labels, sweep)) for b in benchmarks) * len(seeds)
     done = 0
@@ -79,6 +79,10 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
                 metrics_path = output / name / "metrics.json"
                 if metrics_path.exists():  # resume an interrupted comparison
                     metrics = json.loads(metrics_path.read_text())
+                elif reuse_only:
+                    print(f"not run yet, left out: {name}", flush=True)
+                    done += 1
+                    continue
                 else:
                     config = fclkit.ExperimentConfig(
                         benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
@@ -259,14 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", nargs="*", type=int, default=[], metavar="N",
                         help="other label budgets at which to run one-by-one × replay and "
                         "fm-only (a number above the public set's size per class labels all)")
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="run nothing: write the doc from the finished runs in --output")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="configuration overrides for every run, e.g. rounds=2")
     args = parser.parse_args(argv)
     overrides = fclkit.config.parse_option_pairs(args.set, "--set")
     rows = run_all(args.benchmark, args.seeds, args.output, overrides, args.public_labels,
-                   args.sweep)
+                   args.sweep, args.reuse_only)
     (args.output / "comparison.json").write_text(json.dumps(rows, indent=1))
-    command = "python examples/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--reuse-only"]
+    command = "python examples/compare.py " + " ".join(given)  # what makes the runs
     # the runs' own wall times (runs reused from --output count with the time they took)
     write_doc(summarise(rows), args.benchmark, args.seeds, args.doc, command.strip(),
               sum(r["seconds"] for r in rows), args.public_labels)
