@@ -11,6 +11,18 @@ import fclkit
 from fclkit.interfaces import ContinualStrategy, TrainReport
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread (and do not suffer from a busy machine);
+    use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_plugins(monkeypatch):
     """Only fclkit's own built-ins load unless a test allow-lists more."""

@@ -23,12 +23,7 @@ from fclkit_vision.models import IMAGE_MODELS
 LR, MOMENTUM, BATCH = 0.05, 0.9, 16  # fclkit's defaults (fclkit.config)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(model, x, y, epochs, generator, optimizer=None):

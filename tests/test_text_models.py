@@ -7,14 +7,7 @@ from fclkit.interfaces import StreamSpec
 from fclkit_text.langid import LangIDBenchmark
 from fclkit_text.models import TEXT_MODELS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train faster on one thread (and do not suffer from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

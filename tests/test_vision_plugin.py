@@ -12,14 +12,7 @@ from fclkit_vision.efficientnet import EfficientNetLiteFM
 from fclkit_vision.mnist import MNISTBenchmark
 from fclkit_vision.models import IMAGE_MODELS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train faster on one thread (and do not suffer from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(seed=0):
