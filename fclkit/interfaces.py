@@ -308,6 +308,8 @@ class ClientExecutor(ABC):
         ``fm_global``), the accuracy on every task of the stream. Called by the
         core after the last round of every task, and once before the first task
         (``task_index == -1``, no downloads) for forward transfer.
+        ``global_fm_state`` may carry the classes the global part was fused on under
+        ``fclkit.runtime.server.CLASSES_KEY``: pass it to ``Client.evaluate`` unchanged.
         """
 
     def client_states(self) -> dict[int, Any] | None:

@@ -92,6 +92,18 @@ class PublicSet:
             return torch.zeros(0, dtype=torch.long)
         return self.y[self.labelled_index]
 
+    def labelled_among(self, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices into ``x``, targets) of the labelled examples of ``classes``; a target
+        is the label's position in ``classes`` (the column of a head restricted to them)."""
+        import torch
+
+        index = self.labelled_index
+        labels = self.labelled_y
+        mask = torch.isin(labels, torch.tensor(list(classes), dtype=torch.long))
+        column = {int(c): i for i, c in enumerate(classes)}
+        target = torch.tensor([column[int(c)] for c in labels[mask]], dtype=torch.long)
+        return index[mask], target
+
     def server_view(self, per_class: int, seed: int) -> PublicSet:
         """The same inputs with at most ``per_class`` labels of each class kept (chosen
         at random under ``seed``); every other label becomes :data:`UNLABELLED`."""

@@ -147,3 +147,14 @@ def test_teacher_classes_option(base, mode, expected):
     upload = Upload(client_id=0, architecture="mlp", classes_seen=(0, 1, 2, 3),
                     num_examples=5, small_state={}, metadata={"task_classes": [2, 3]})
     assert fusion._classes_of(upload) == expected
+
+
+def test_labelled_among_gives_the_rows_and_head_columns_of_the_chosen_classes():
+    import torch
+
+    from fclkit.stream import PublicSet
+
+    public = PublicSet(x=torch.arange(6.0), y=torch.tensor([3, -1, 5, 3, 7, -1]))
+    rows, target = public.labelled_among([5, 3])
+    assert rows.tolist() == [0, 2, 3]  # unlabelled (-1) and other classes left out
+    assert target.tolist() == [1, 0, 1]  # position of the label in [5, 3]

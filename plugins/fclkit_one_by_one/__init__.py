@@ -87,9 +87,8 @@ class OneByOneDistillation(KnowledgeFusion):
             raise fclkit.ConfigError(
                 "public_fraction", 0.0, "one-by-one distils on the server's public set, and "
                 "this benchmark has none", hint="set public_fraction > 0 (e.g. 0.1)")
-        #: indices (into the public set) and labels of the examples the server has labels for
+        #: indices (into the public set) of the examples the server has labels for
         self.labelled_index = context.public.labelled_index
-        self.labelled_y = context.public.labelled_y
         fm = context.foundation_model
         initial = fm.trainable_state()
         self.personal: dict[int, dict[str, Any]] = {k: initial for k in context.client_ids}
@@ -240,26 +239,22 @@ class OneByOneDistillation(KnowledgeFusion):
         import torch.nn.functional as F
 
         rows, target, cols = labels
-        pick = rows[torch.randint(len(rows), (min(len(rows), size),), generator=gen)]
-        logits = fm.forward_precomputed(z_pub[pick]).index_select(1, cols)
+        pick = torch.randint(len(rows), (min(len(rows), size),), generator=gen)
+        logits = fm.forward_precomputed(z_pub[rows[pick]]).index_select(1, cols)
         return F.cross_entropy(logits, target[pick].to(logits.device))
 
     def _label_term(self, classes: list[int]) -> tuple[Any, Any, Any] | None:
-        """(public rows, targets indexed by row, columns) of the labelled public examples of
+        """(public rows, their targets, columns) of the labelled public examples of
         ``classes``, for the cross-entropy term; None when there are none or it is off."""
         import torch
 
         if self.options.label_weight == 0 or len(self.labelled_index) == 0 or not classes:
             return None
-        mask = torch.isin(self.labelled_y, torch.tensor(classes))
-        if not bool(mask.any()):
+        rows, target = self.context.public.labelled_among(classes)
+        if not len(rows):
             return None
-        column = {c: i for i, c in enumerate(classes)}
-        target = torch.full((len(self.context.public.x),), -1, dtype=torch.long)
-        target[self.labelled_index[mask]] = torch.tensor(
-            [column[int(c)] for c in self.labelled_y[mask]])
         cols = torch.tensor(classes, dtype=torch.long, device=self.context.device)
-        return self.labelled_index[mask], target, cols
+        return rows, target, cols
 
     # ---------------------------------------------------------------- state
 

@@ -59,20 +59,17 @@ class PublicDataFM(KnowledgeFusion):
         self.known = sorted(set(self.known).union(*(u.classes_seen for u in uploads)))
         fm = self.context.foundation_model
         fm.load_trainable_state(self.state)
-        x, y = self.context.public.labelled_x, self.context.public.labelled_y
-        mask = torch.isin(y, torch.tensor(self.known))
-        x, y = x[mask], y[mask]
-        if len(y):
-            z = fm.precompute(x)  # the frozen part runs once per round
+        public = self.context.public
+        rows, target = public.labelled_among(self.known)
+        if len(target):
+            z = fm.precompute(public.x[rows])  # the frozen part runs once per round
             columns = torch.tensor(self.known)
-            remap = {c: i for i, c in enumerate(self.known)}
-            target = torch.tensor([remap[int(c)] for c in y])
             opt = torch.optim.Adam(fm.trainable_parameters(), lr=self.options.lr)
             gen = torch.Generator().manual_seed(derive_seed(
                 self.context.seed, "fm-only", round_info.task, round_info.round))
             for _ in range(self.options.epochs):
-                perm = torch.randperm(len(y), generator=gen)
-                for i in range(0, len(y), self.options.batch_size):
+                perm = torch.randperm(len(target), generator=gen)
+                for i in range(0, len(target), self.options.batch_size):
                     idx = perm[i:i + self.options.batch_size]
                     logits = fm.forward_precomputed(z[idx])
                     loss = F.cross_entropy(logits.index_select(1, columns.to(logits.device)),
