@@ -66,6 +66,23 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
     return runs
 
 
+def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
+    """Refuse to reuse a finished run made with another configuration (e.g. other
+    ``--set`` values, or a default that changed since): its results would be passed
+    off as this comparison's."""
+    import tomllib
+
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    wanted = config.to_dict()
+    resolved = ("fm", "client_models")  # 'auto' is resolved in the saved file
+    differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k, '(absent)')!r} there, {wanted[k]!r} now"
+                          for k in differ[:4])
+        sys.exit(f"error: {run_dir} was made with another configuration ({shown}); "
+                 "pass another --output, or move that folder away to rerun it")
+
+
 def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict,
             labels: int, sweep: list[int], reuse_only: bool = False) -> list:
     rows = []
@@ -77,18 +94,19 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
                 name = (f"{benchmark}-L{spec['labels']}-{spec['fusion']}-{spec['cl']}-"
                         f"{spec['models'][:6]}-s{seed}")
                 metrics_path = output / name / "metrics.json"
+                config = fclkit.ExperimentConfig(
+                    benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
+                    client_models=spec["client_models"], seed=seed,
+                    public_labels=spec["labels"], output=str(output), name=name,
+                    **overrides)
                 if metrics_path.exists():  # resume an interrupted comparison
+                    check_reusable(output / name, config)
                     metrics = json.loads(metrics_path.read_text())
                 elif reuse_only:
                     print(f"not run yet, left out: {name}", flush=True)
                     done += 1
                     continue
                 else:
-                    config = fclkit.ExperimentConfig(
-                        benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
-                        client_models=spec["client_models"], seed=seed,
-                        public_labels=spec["labels"], output=str(output), name=name,
-                        **overrides)
                     started = time.perf_counter()
                     metrics = fclkit.run(config).metrics
                     print(f"[{done + 1}/{total}] {name}: "

@@ -77,6 +77,8 @@ def run(
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
     guidance_weight: Annotated[float | None, typer.Option(
         help=_help("guidance_weight"))] = None,
+    guidance_examples: Annotated[str | None, typer.Option(
+        help=_help("guidance_examples"))] = None,
     loggers: Annotated[str | None, typer.Option(help=_help("loggers"))] = None,
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
@@ -116,7 +118,8 @@ def run(
             "rounds": rounds, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "partition": partition, "dirichlet_alpha": dirichlet_alpha,
             "public_fraction": public_fraction, "public_labels": public_labels, "seed": seed,
-            "threads": threads, "guidance_weight": guidance_weight, "loggers": loggers,
+            "threads": threads, "guidance_weight": guidance_weight,
+            "guidance_examples": guidance_examples, "loggers": loggers,
             "device": device, "output": str(output) if output is not None else None,
             "name": name,
         }

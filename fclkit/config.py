@@ -129,6 +129,53 @@ def _to_names(value: Any) -> tuple[str, ...]:
     return value  # validator reports it
 
 
+def _to_architectures(value: Any) -> Any:
+    """``"mlp,cnn"`` / a list -> names assigned in turn; ``"0=mlp,1=cnn,default=lenet"``
+    / a table -> architecture per client id (``default``: every client not listed)."""
+    if isinstance(value, str) and "=" in value:
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        return {k.strip(): v.strip() for k, _, v in pairs}
+    if isinstance(value, Mapping):
+        return {str(k).strip(): v for k, v in value.items()}
+    return _to_names(value)
+
+
+def _architectures(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, tuple):
+        _names(inst, attribute, value)
+        return
+    shape = ("must be a name, a comma list of names assigned to clients in turn, or a table "
+             "client id -> name, e.g. {0 = \"mlp\", 1 = \"cnn\", default = \"lenet\"}")
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(attribute.name, value, shape)
+    for key, name in value.items():
+        if key != "default" and not key.isdigit():
+            raise ConfigError(f"{attribute.name}.{key}", name,
+                              "keys are client ids (0, 1, ...) or 'default'")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{attribute.name}.{key}", name, "must be an architecture name")
+
+
+def assign_architectures(client_models: tuple | Mapping[str, str], clients: int,
+                         ) -> dict[int, str]:
+    """Client id -> small-model architecture, from ``client_models`` (see its help)."""
+    if not isinstance(client_models, Mapping):
+        return {k: client_models[k % len(client_models)] for k in range(clients)}
+    extra = sorted(int(k) for k in client_models if k != "default" and int(k) >= clients)
+    if extra:
+        raise ConfigError(f"client_models.{extra[0]}", client_models[str(extra[0])],
+                          f"there is no client {extra[0]}: clients = {clients} "
+                          f"(ids 0..{clients - 1})", hint="remove it or raise clients")
+    default = client_models.get("default")
+    missing = [k for k in range(clients) if str(k) not in client_models]
+    if missing and default is None:
+        raise ConfigError("client_models", dict(client_models),
+                          f"no architecture for client(s) {missing}",
+                          hint='list every client or add default = "NAME"')
+    return {k: client_models[str(k)] if str(k) in client_models else str(default)
+            for k in range(clients)}
+
+
 def _to_dict(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
@@ -163,9 +210,10 @@ class ExperimentConfig:
         "every example", int_at_least(0))
 
     # the small models and how they learn
-    client_models: tuple = setting(
-        ("mlp",), "small-model architecture, or a comma list assigned to clients in turn "
-        "(heterogeneous run)", _names, _to_names)
+    client_models: tuple | dict = setting(
+        ("auto",), "small-model architecture ('auto': the benchmark's default), a comma list "
+        "assigned to clients in turn (heterogeneous run), or one per client: "
+        "'0=mlp,1=cnn,default=lenet' (a table in TOML)", _architectures, _to_architectures)
     model_options: dict = setting(
         attrs.Factory(dict), "options passed to every small-model architecture", _table, _to_dict)
     cl: str = setting("replay", "continual-learning strategy of the small models", _name)
@@ -192,6 +240,12 @@ class ExperimentConfig:
         float_in(0.0, 1e6))
     guidance_temperature: float = setting(
         2.0, "softmax temperature of the foundation model's guidance", positive_float)
+    guidance_examples: str = setting(
+        "fm-better", "where the foundation model guides a small model, judged by the example's "
+        "own label: 'all' (every training example), 'fm-correct' (where the FM predicts "
+        "the label) or 'fm-better' (where the FM gives the label more probability than the "
+        "small model does); examples of classes the FM does not know yet are guided in "
+        "every mode", one_of("all", "fm-correct", "fm-better"))
 
     # how and where to run
     engine: str = setting("local", "execution engine ('local' runs clients in-process)", _name)
@@ -246,7 +300,9 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
-        data["client_models"] = list(self.client_models)
+        data["client_models"] = (dict(self.client_models)
+                                 if isinstance(self.client_models, Mapping)
+                                 else list(self.client_models))
         data["loggers"] = list(self.loggers)
         return data
 
@@ -354,9 +410,16 @@ def build_options(options_cls: type, values: Mapping[str, Any], *, component: st
         if key not in known:
             allowed = ", ".join(sorted(known)) or "none (this component takes no options)"
             close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else None
+            if isinstance(values[key], Mapping) and values[key]:
+                # ``--fusion-opt one-by-one.lr=0.01``: a sub-table named like a component
+                inner = next(iter(values[key]))
+                hint = (f"this {table} table is for one component: set its options without "
+                        f"a name prefix, e.g. {inner}={values[key][inner]!r} "
+                        f"(not {key}.{inner}=...)")
             raise ConfigError(f"{table}.{key}", values[key],
                               f"{component} has no option {key!r}; its options: {allowed}",
-                              hint=f"did you mean {close[0]!r}?" if close else None)
+                              hint=hint)
     try:
         return options_cls(**values)
     except ConfigError as exc:

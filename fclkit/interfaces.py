@@ -258,6 +258,8 @@ class Benchmark(Component):
 
     #: The foundation model ``fm = "auto"`` picks for this benchmark (None: no default).
     default_foundation_model: ClassVar[str | None] = None
+    #: The small-model architecture ``client_models = "auto"`` picks (None: no default).
+    default_client_model: ClassVar[str | None] = None
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

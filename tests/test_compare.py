@@ -3,6 +3,11 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+import tomli_w
+
+import fclkit
+
 spec = importlib.util.spec_from_file_location(
     "compare", Path(__file__).parents[1] / "examples" / "compare.py")
 compare = importlib.util.module_from_spec(spec)
@@ -37,3 +42,19 @@ def test_goal_check_reports_margins_forgetting_and_the_heterogeneous_cost():
     assert "| FedAvg fine-tuning | 20.0 | +60.0 | yes | 90.0 | yes |" in text
     assert "| FM without private data | 78.0 | +2.0 | **no** | 5.0 | **no** |" in text
     assert "a cost of +3.0 points (**over** the 2-point limit)" in text
+
+
+def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path):
+    config = fclkit.ExperimentConfig(output=str(tmp_path), name="r", seed=1)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    saved = config.to_dict()
+    saved["client_models"] = ["mlp"]  # 'auto' resolved, as a run records it
+    (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
+    compare.check_reusable(run_dir, config)  # same configuration: reused
+    with pytest.raises(SystemExit, match="guidance_weight: 1.0 there, 0.5 now"):
+        compare.check_reusable(run_dir, config.evolve(guidance_weight=0.5))
+    del saved["guidance_examples"]  # a run made before the option existed
+    (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
+    with pytest.raises(SystemExit, match="guidance_examples: '\\(absent\\)' there"):
+        compare.check_reusable(run_dir, config)

@@ -46,6 +46,10 @@ def test_bad_values_name_field_value_and_allowed(field, value, allowed):
 
 def test_client_models_accepts_comma_list():
     assert ExperimentConfig(client_models="mlp, cnn").client_models == ("mlp", "cnn")
+    assert ExperimentConfig(client_models="0=mlp, 2=cnn,default=lenet").client_models == {
+        "0": "mlp", "2": "cnn", "default": "lenet"}
+    assert ExperimentConfig(client_models={0: "mlp", 1: "cnn"}).client_models == {
+        "0": "mlp", "1": "cnn"}  # TOML gives string keys; Python users may pass ints
 
 
 def test_toml_file_then_flags_override(tmp_path):
@@ -94,6 +98,14 @@ def test_component_options_unknown_key_lists_allowed():
     assert err.value.hint == "did you mean 'alpha'?"
 
 
+def test_component_name_prefix_on_a_one_component_table_gets_a_hint():
+    # `--fusion-opt one-by-one.alpha=2` is a natural guess; the table is the fusion's alone
+    values = parse_option_pairs(["x.alpha=2"], "--fusion-opt")
+    with pytest.raises(ConfigError) as err:
+        build_options(_Opts, values, component="fusion 'x'", table="fusion_options")
+    assert "alpha=2" in err.value.hint and "without a name prefix" in err.value.hint
+
+
 @attrs.frozen
 class _Weights:
     weight: float = attrs.field(default=1.0, validator=non_negative, metadata={"help": "w"})
@@ -116,3 +128,19 @@ def test_commented_toml_round_trips(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text(commented_toml())
     assert load_config(path) == ExperimentConfig()
+
+
+def test_per_client_architectures():
+    from fclkit.config import assign_architectures
+
+    assert assign_architectures(("mlp", "cnn"), 3) == {0: "mlp", 1: "cnn", 2: "mlp"}
+    assert assign_architectures({"1": "cnn", "default": "mlp"}, 3) == {
+        0: "mlp", 1: "cnn", 2: "mlp"}
+    with pytest.raises(ConfigError, match=r"client\(s\) \[2\]"):
+        assign_architectures({"0": "mlp", "1": "cnn"}, 3)
+    with pytest.raises(ConfigError, match="there is no client 3"):
+        assign_architectures({"3": "mlp", "default": "cnn"}, 3)
+    with pytest.raises(ConfigError, match="client ids"):
+        ExperimentConfig(client_models={"first": "mlp"})
+    with pytest.raises(ConfigError, match="architecture name"):
+        ExperimentConfig(client_models={"0": 3})

@@ -158,3 +158,49 @@ def test_labelled_among_gives_the_rows_and_head_columns_of_the_chosen_classes():
     rows, target = public.labelled_among([5, 3])
     assert rows.tolist() == [0, 2, 3]  # unlabelled (-1) and other classes left out
     assert target.tolist() == [1, 0, 1]  # position of the label in [5, 3]
+
+
+@pytest.mark.parametrize("mode", ["fm-correct", "fm-better"])
+def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode):
+    """'fm-correct' drops examples of known classes the FM gets wrong; 'fm-better' also
+    those where the small model already gives the true class more probability. Examples
+    of classes the FM does not know are guided in every mode."""
+    import torch
+
+    from fclkit.distillation import kd_loss
+
+    exp, _ = _fusion(base.evolve(guidance_examples=mode))
+    client = exp.build_client(0)
+    fm = exp.foundation_model
+    client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
+    x = exp.stream.clients[0].tasks[0].x_train[:8]
+    with torch.no_grad():
+        teacher = fm.forward(x)
+    fm_pred = teacher[:, :2].argmax(1)
+    term = client.extra_losses(None)[0]
+    small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
+    # labels contradicting the FM everywhere: nothing is guided
+    wrong = 1 - fm_pred
+    assert term(x, wrong, small).item() == 0.0
+    # labels the FM gets right: guided like 'all' (small model is uniform, so FM is better)
+    exact = kd_loss(small, teacher, client.guidance_temperature, torch.tensor([0, 1]))
+    assert term(x, fm_pred, small).item() == pytest.approx(exact.item())
+    # a class the FM does not know yet (5): guided, as in 'all'
+    unknown = torch.full((8,), 5)
+    assert term(x, unknown, small).item() == pytest.approx(exact.item())
+    if mode == "fm-better":  # the small model already sure of the (FM-correct) label
+        sure = torch.zeros(8, exp.stream.num_classes)
+        sure[torch.arange(8), fm_pred] = 20.0
+        assert term(x, fm_pred, sure).item() == 0.0
+
+
+def test_min_confidence_combines_with_the_servers_labels(base):
+    """Both drop distillation rows: the confidence filter must index the rows that are
+    left after the labelled ones are taken out (it once raised a shape error here)."""
+    labelled = base.evolve(public_labels=5)
+    exp, fusion = _fusion(labelled, epochs=1, min_confidence=0.9)
+    filtered = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
+    exp, fusion = _fusion(labelled, epochs=1)
+    plain = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
+    assert any((filtered.global_fm_state[k] != plain.global_fm_state[k]).any()
+               for k in plain.global_fm_state)

@@ -18,7 +18,8 @@ def test_run_writes_a_complete_results_folder(tiny, plain_sgd):
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "checkpoint", "config.toml", "metrics.json", "rounds.csv", "run.json", "tensorboard"]
     saved = tomllib.loads((run_dir / "config.toml").read_text())
-    assert fclkit.ExperimentConfig(**saved) == tiny.evolve(fm="none")  # 'auto' resolved
+    # 'auto' resolved: no FM for fedavg, digits' default small model
+    assert fclkit.ExperimentConfig(**saved) == tiny.evolve(fm="none", client_models=("mlp",))
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["seed"] == 0
     assert info["versions"]["fclkit"] == fclkit.__version__
@@ -69,6 +70,37 @@ def test_heterogeneous_models_run_with_isolated(tiny, plain_sgd):
     result = fclkit.run(tiny.evolve(client_models="mlp,cnn", fusion="isolated"),
                         components=[plain_sgd], write_results=False)
     assert result.metrics["architectures"] == {"0": "mlp", "1": "cnn"}
+
+
+def test_a_per_client_mapping_assigns_architectures(tiny, plain_sgd):
+    config = tiny.evolve(clients=3, client_models={"1": "cnn", "default": "mlp"},
+                         fusion="isolated")
+    result = fclkit.run(config, components=[plain_sgd])
+    assert result.metrics["architectures"] == {"0": "mlp", "1": "cnn", "2": "mlp"}
+    saved = tomllib.loads((result.run_dir / "config.toml").read_text())
+    assert saved["client_models"] == {"1": "cnn", "default": "mlp"}  # a TOML table
+    assert fclkit.ExperimentConfig(**saved).client_models == config.client_models
+
+
+def test_a_mapping_that_misses_a_client_is_refused_before_any_work(tiny, plain_sgd):
+    with pytest.raises(fclkit.ConfigError, match=r"no architecture for client\(s\) \[1\]") as e:
+        fclkit.run(tiny.evolve(client_models="0=mlp"), components=[plain_sgd])
+    assert "default" in e.value.hint
+    with pytest.raises(fclkit.ConfigError, match="there is no client 5"):
+        fclkit.run(tiny.evolve(client_models="0=mlp,5=cnn,default=mlp"),
+                   components=[plain_sgd])
+
+
+def test_auto_small_model_is_the_benchmarks_default(tiny):
+    from fclkit.plugins import build_registry
+    from fclkit.runtime.experiment import Experiment
+
+    langid = Experiment(tiny.evolve(benchmark="langid", cl="naive"), build_registry())
+    assert langid.architectures == {0: "text-bow", 1: "text-bow"}
+    assert langid.config.client_models == ("text-bow",)
+    mixed = Experiment(tiny.evolve(cl="naive", client_models="auto,cnn", fusion="isolated"),
+                       build_registry())
+    assert mixed.architectures == {0: "mlp", 1: "cnn"}
 
 
 def test_model_options_reach_the_architecture(tiny, plain_sgd):

@@ -52,7 +52,7 @@ class Client:
                  model: Any, strategy: ContinualStrategy, *, epochs: int, seed: int,
                  device: str, foundation_model: FoundationModel | None = None,
                  fm_state: Mapping[str, Any] | None = None, guidance_weight: float = 0.0,
-                 guidance_temperature: float = 2.0) -> None:
+                 guidance_temperature: float = 2.0, guidance_examples: str = "fm-better") -> None:
         self.client_id = client_id
         self.stream = stream
         self.architecture = architecture
@@ -66,6 +66,7 @@ class Client:
         self.classes_seen: set[int] = set()
         self.guidance_weight = guidance_weight
         self.guidance_temperature = guidance_temperature
+        self.guidance_examples = guidance_examples
         #: classes the personalised FM part has been fused on: it predicts among these only
         #: and its guidance covers only these (empty: every class, and no guidance)
         self.fm_classes: list[int] = []
@@ -114,8 +115,14 @@ class Client:
         Small Model Continual Fine-tuning: the small model also distils the
         client's personalised FM (``guidance_weight * tau^2 * KL(p_FM || p_small)``),
         restricted to the classes that FM part has been fused on (none before the
-        first fusion, so no guidance then). The FM's backbone features are
-        cached by the FM, so the guidance costs a head pass per mini-batch.
+        first fusion, so no guidance then). ``guidance_examples`` uses each
+        example's label to skip where the FM would mislead: ``"fm-correct"`` keeps
+        the examples the FM classifies correctly, ``"fm-better"`` those where the FM
+        gives the true class more probability than the small model does (examples
+        of classes the FM does not know are kept in both). The batch mean still
+        divides by the whole batch, so each kept example weighs the same. The FM's
+        backbone features are cached by the FM, so the guidance costs a head pass
+        per mini-batch.
         """
         fm = self.foundation_model
         if (fm is None or self.guidance_weight == 0 or self.fm_state is None
@@ -129,10 +136,26 @@ class Client:
         classes = torch.tensor(self.fm_classes, dtype=torch.long)
         weight, tau = self.guidance_weight, self.guidance_temperature
 
+        mode = self.guidance_examples
+
         def fm_guidance(x: Any, y: Any, logits: Any) -> Any:
             with torch.no_grad():
-                teacher = fm.forward(x)
-            return weight * kd_loss(logits, teacher.to(logits.device), tau, classes)
+                teacher = fm.forward(x).to(logits.device)
+            if mode == "all":
+                return weight * kd_loss(logits, teacher, tau, classes)
+            cols, y = classes.to(logits.device), y.to(logits.device)
+            fm_probs = teacher.index_select(1, cols).softmax(dim=1)
+            if mode == "fm-better":  # p(true class): FM against the small model
+                hit = cols.unsqueeze(0) == y.unsqueeze(1)
+                small_probs = logits.detach().index_select(1, cols).softmax(dim=1)
+                helps = (fm_probs * hit).sum(1) > (small_probs * hit).sum(1)
+            else:  # "fm-correct"
+                helps = cols[fm_probs.argmax(dim=1)] == y
+            keep = ~torch.isin(y, cols) | helps  # classes the FM does not know: always
+            if not bool(keep.any()):
+                return logits.sum() * 0.0
+            share = keep.float().mean()
+            return weight * share * kd_loss(logits[keep], teacher[keep], tau, classes)
 
         return [fm_guidance]
 

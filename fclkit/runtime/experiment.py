@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from ..config import ExperimentConfig, build_options
+from ..config import ExperimentConfig, assign_architectures, build_options
 from ..errors import ConfigError, FclkitError, IncompatibleComponentsError
 from ..interfaces import FusionContext, StreamSpec, TrainContext
 from ..messages import Download, Failure, RoundInfo
@@ -97,11 +97,13 @@ class Experiment:
         self.benchmark_entry = registry.get("benchmark", config.benchmark)
         self.engine_entry = registry.get("engine", config.engine)
         #: the configuration with ``fm = "auto"`` resolved (what results record)
-        self.config = c = config.evolve(fm=self._resolve_fm(config))
+        self.config = c = config.evolve(fm=self._resolve_fm(config),
+                                        client_models=self._resolve_models(config))
         self.fm_entry = None if c.fm == "none" else registry.get("foundation_model", c.fm)
-        self.model_entries = {n: registry.get("client_model", n) for n in c.client_models}
-        self.architectures = {k: c.client_models[k % len(c.client_models)]
-                              for k in range(c.clients)}
+        #: client id -> its small model's architecture
+        self.architectures = assign_architectures(c.client_models, c.clients)
+        self.model_entries = {n: registry.get("client_model", n)
+                              for n in dict.fromkeys(self.architectures.values())}
 
         self.strategy_options = build_options(
             self.strategy.cls.Options, c.cl_options, component=f"strategy {c.cl!r}",
@@ -152,6 +154,22 @@ class Experiment:
                 hint="pass --fm NAME; available: "
                 + (", ".join(self.registry.names("foundation_model")) or "none installed"))
         return default
+
+    def _resolve_models(self, config: ExperimentConfig) -> tuple | dict:
+        """``client_models`` with every ``auto`` replaced by the benchmark's default."""
+        names = (config.client_models.values() if isinstance(config.client_models, Mapping)
+                 else config.client_models)
+        if "auto" not in names:
+            return config.client_models
+        default = self.benchmark_entry.cls.default_client_model
+        if default is None:
+            raise IncompatibleComponentsError(
+                f"benchmark {config.benchmark!r} names no default small model",
+                hint="pass --client-models NAME; available: "
+                + (", ".join(self.registry.names("client_model")) or "none installed"))
+        if isinstance(config.client_models, Mapping):
+            return {k: default if v == "auto" else v for k, v in config.client_models.items()}
+        return tuple(default if v == "auto" else v for v in config.client_models)
 
     @staticmethod
     def _per_component_options(entries: Mapping[str, Registered], table: Mapping[str, Any],
@@ -289,7 +307,8 @@ class Experiment:
                       epochs=c.epochs, seed=c.seed, device=c.device,
                       foundation_model=self.foundation_model, fm_state=self.initial_fm_state,
                       guidance_weight=c.guidance_weight,
-                      guidance_temperature=c.guidance_temperature)
+                      guidance_temperature=c.guidance_temperature,
+                      guidance_examples=c.guidance_examples)
 
     def make_engine(self) -> Any:
         return self.engine_entry.cls(self.engine_options)

@@ -59,6 +59,7 @@ class TorchvisionSplitBenchmark(Benchmark):
     #: where torchvision puts the files, relative to ``root``
     files_folder: ClassVar[str]
     input_shape: ClassVar[tuple[int, ...]]
+    default_client_model = "mlp"
 
     @attrs.frozen
     class Options:

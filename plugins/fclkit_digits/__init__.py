@@ -22,6 +22,7 @@ class DigitsBenchmark(Benchmark):
     name = "digits"
     description = "scikit-learn's 8x8 digits (1,797 real images, 10 classes), offline"
     default_foundation_model = "efficientnet-lite"
+    default_client_model = "mlp"
 
     @attrs.frozen
     class Options:

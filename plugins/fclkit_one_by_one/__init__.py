@@ -200,7 +200,7 @@ class OneByOneDistillation(KnowledgeFusion):
             if opt_cfg.min_confidence > 0:
                 cols = torch.tensor(t_classes, dtype=torch.long)
                 conf = t_logits.index_select(1, cols).softmax(dim=1).max(dim=1).values
-                rows = rows[conf >= opt_cfg.min_confidence]
+                rows = rows[conf[rows] >= opt_cfg.min_confidence]
             # batches go over the distillation rows; with none left (every public example
             # labelled), over the labelled ones, and only the labels teach
             batch_rows = rows if len(rows) or labels is None else labels[0]

