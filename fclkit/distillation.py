@@ -28,16 +28,21 @@ def soft_targets(teacher_logits: Any, temperature: float,
 
 
 def kd_loss_to_targets(student_logits: Any, targets: Any, temperature: float,
-                       classes: Sequence[int] | Any | None = None) -> Any:
+                       classes: Sequence[int] | Any | None = None,
+                       weights: Any | None = None) -> Any:
     """``tau^2 * KL(targets || softmax(student/tau))``, batch mean; ``targets`` from
-    :func:`soft_targets` with the same ``classes``."""
+    :func:`soft_targets` with the same ``classes``. ``weights`` (one per row) scale
+    each row's KL before the mean."""
     import torch.nn.functional as F
 
     if classes is not None:
         student_logits = student_logits.index_select(1, _columns(classes, student_logits.device))
     tau = float(temperature)
-    return F.kl_div(F.log_softmax(student_logits / tau, dim=1), targets,
-                    reduction="batchmean") * tau * tau
+    log_p = F.log_softmax(student_logits / tau, dim=1)
+    if weights is None:
+        return F.kl_div(log_p, targets, reduction="batchmean") * tau * tau
+    per_row = F.kl_div(log_p, targets, reduction="none").sum(dim=1)
+    return (per_row * weights).mean() * tau * tau
 
 
 def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float,

@@ -204,3 +204,23 @@ def test_min_confidence_combines_with_the_servers_labels(base):
     plain = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
     assert any((filtered.global_fm_state[k] != plain.global_fm_state[k]).any()
                for k in plain.global_fm_state)
+
+
+def test_teacher_trust_is_the_precision_of_the_predicted_class_on_server_labels(base):
+    import torch
+
+    exp, fusion = _fusion(base.evolve(public_labels=5), teacher_trust="labels")
+    public = exp.server.fusion.context.public
+    rows, target = public.labelled_among([0, 1, 2])
+    n_public, k = len(public.x), 3
+    right = torch.full((n_public, 10), -9.0)  # a teacher right on every labelled row
+    right[rows, target] = 9.0
+    wrong = torch.full((n_public, 10), -9.0)  # ... and one wrong on every labelled row
+    wrong[rows, (target + 1) % k] = 9.0
+    per_class = torch.bincount(target, minlength=k).float()
+    trust_right = fusion._trust(right, [0, 1, 2])[rows]
+    trust_wrong = fusion._trust(wrong, [0, 1, 2])[rows]
+    assert torch.allclose(trust_right, ((per_class + 1) / (per_class + 2))[target])
+    assert torch.allclose(trust_wrong, (1 / (per_class + 2))[(target + 1) % k])
+    off, _ = _fusion(base.evolve(public_labels=5))
+    assert off.server.fusion._trust(right, [0, 1, 2]) is None  # default: full trust

@@ -77,6 +77,11 @@ class OneByOneDistillation(KnowledgeFusion):
             1.0, "weight of a cross-entropy term on the server's labelled public examples "
             "(config public_labels) of the classes known so far, added at every teacher's "
             "step; no effect when the server holds no labels", non_negative)
+        teacher_trust: str = setting(
+            "none", "how much each teacher is believed on a public example: 'none' "
+            "(fully) or 'labels' (the precision of the class it predicts there, measured "
+            "on the server's labelled public examples, Laplace-smoothed; needs "
+            "public_labels)", one_of("none", "labels"))
         distil_labelled: bool = setting(
             False, "also distil the teachers on the public examples whose label the server "
             "holds (False: where the label is known, it alone teaches)")
@@ -201,6 +206,7 @@ class OneByOneDistillation(KnowledgeFusion):
                 cols = torch.tensor(t_classes, dtype=torch.long)
                 conf = t_logits.index_select(1, cols).softmax(dim=1).max(dim=1).values
                 rows = rows[conf[rows] >= opt_cfg.min_confidence]
+            trust = self._trust(t_logits, t_classes)  # per public row, or None
             # batches go over the distillation rows; with none left (every public example
             # labelled), over the labelled ones, and only the labels teach
             batch_rows = rows if len(rows) or labels is None else labels[0]
@@ -213,7 +219,7 @@ class OneByOneDistillation(KnowledgeFusion):
                     if len(rows):
                         loss = loss + kd_loss_to_targets(
                             student, t_targets[idx].to(student.device), opt_cfg.temperature,
-                            t_cols)
+                            t_cols, None if trust is None else trust[idx].to(student.device))
                     if prev_targets is not None:
                         loss = loss + opt_cfg.anchor_weight * kd_loss_to_targets(
                             student, prev_targets[idx].to(student.device),
@@ -230,6 +236,23 @@ class OneByOneDistillation(KnowledgeFusion):
                     optimizer.step()
             known = sorted(set(known) | set(t_classes))
         return fm.trainable_state(), known
+
+    def _trust(self, t_logits: Any, t_classes: list[int]) -> Any:
+        """``teacher_trust = labels``: per public row, the teacher's precision on the
+        class it predicts there, (right + 1) / (predicted + 2) over the server's
+        labelled examples of its classes; None when off or without labels."""
+        import torch
+
+        if self.options.teacher_trust == "none" or not len(self.labelled_index):
+            return None
+        rows, target = self.context.public.labelled_among(t_classes)
+        cols = torch.tensor(t_classes, dtype=torch.long)
+        predicted = t_logits.index_select(1, cols).argmax(dim=1)  # column, every row
+        k = len(t_classes)
+        said = torch.bincount(predicted[rows], minlength=k).float()
+        right = torch.bincount(predicted[rows][predicted[rows] == target], minlength=k).float()
+        precision = (right + 1.0) / (said + 2.0)
+        return precision[predicted]
 
     @staticmethod
     def _label_loss(fm: Any, z_pub: Any, labels: tuple[Any, Any, Any], size: int,
