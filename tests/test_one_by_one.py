@@ -224,3 +224,15 @@ def test_teacher_trust_is_the_precision_of_the_predicted_class_on_server_labels(
     assert torch.allclose(trust_wrong, (1 / (per_class + 2))[(target + 1) % k])
     off, _ = _fusion(base.evolve(public_labels=5))
     assert off.server.fusion._trust(right, [0, 1, 2]) is None  # default: full trust
+
+
+def test_kd_all_anchor_keeps_earlier_teachers_on_shared_classes(base):
+    """With two teachers of the same classes, 'kd' lets the second overwrite the first;
+    'kd-all' also distils the FM as the first left it, so the result differs."""
+    results = {}
+    for anchor in ("kd", "kd-all"):
+        exp, fusion = _fusion(base, epochs=2, anchor=anchor)
+        uploads = _uploads(exp)
+        fusion.fuse(RoundInfo(0, 0, 1), uploads, [])  # the FM now knows classes 0-2
+        results[anchor] = fusion.fuse(RoundInfo(0, 1, 1), uploads, []).global_fm_state
+    assert any((results["kd"][k] != results["kd-all"][k]).any() for k in results["kd"])

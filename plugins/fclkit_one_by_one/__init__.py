@@ -60,8 +60,9 @@ class OneByOneDistillation(KnowledgeFusion):
                                      positive_float)
         anchor: str = setting(
             "kd", "what keeps earlier teachers' and tasks' knowledge: 'kd' (distil the "
-            "previous FM part on the classes the teacher has not seen), 'l2' (pull towards "
-            "it) or 'none'", one_of("kd", "l2", "none"))
+            "previous FM part on the classes the teacher has not seen), 'kd-all' (on every "
+            "class it knows, so each teacher is blended with the ones before it), 'l2' "
+            "(pull towards it) or 'none'", one_of("kd", "kd-all", "l2", "none"))
         anchor_weight: float = setting(1.0, "weight of the anchor term", non_negative)
         teacher_classes: str = setting(
             "seen", "classes each teacher is distilled on: 'seen' (every class it has seen) "
@@ -180,11 +181,13 @@ class OneByOneDistillation(KnowledgeFusion):
         fm.load_trainable_state(state)
         params = fm.trainable_parameters()
         for step, (t_logits, t_classes) in enumerate(teachers):
-            keep = sorted(set(known) - set(t_classes))
+            # the anchor's classes: those the teacher has not seen ('kd'), or every
+            # class the FM knows ('kd-all': earlier teachers' view of shared classes too)
+            keep = sorted(known if opt_cfg.anchor == "kd-all" else set(known) - set(t_classes))
             labels = self._label_term(sorted(set(known) | set(t_classes)))
             prev_targets = None
             prev_params = None
-            if opt_cfg.anchor == "kd" and keep and opt_cfg.anchor_weight > 0:
+            if opt_cfg.anchor in ("kd", "kd-all") and keep and opt_cfg.anchor_weight > 0:
                 with torch.no_grad():
                     prev_logits = torch.cat([fm.forward_precomputed(z_pub[i:i + 512]).cpu()
                                              for i in range(0, n, 512)])
