@@ -76,6 +76,24 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
     wanted = config.to_dict()
     resolved = ("fm", "client_models")  # 'auto' is resolved in the saved file
     differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
+    # component options, defaults included (run.json records them since fclkit 0.1.0's
+    # session-4 changes; older runs cannot be checked this way)
+    from fclkit.plugins import build_registry
+    from fclkit.runtime.experiment import Experiment, component_records
+
+    recorded = {(c["kind"], c["name"]): c.get("options")
+                for c in json.loads((run_dir / "run.json").read_text())["components"]}
+    for now in component_records(Experiment(config, build_registry())):
+        then = recorded.get((now["kind"], now["name"]))
+        if then is None:
+            print(f"warning: {run_dir.name} records no options of {now['kind']} "
+                  f"{now['name']!r} (made by an older fclkit); reused unchecked",
+                  flush=True)
+        elif then != now["options"]:
+            changed = sorted(k for k in now["options"] if then.get(k) != now["options"][k])
+            differ += [f"{now['kind']} option {k}" for k in changed]
+            saved.update({f"{now['kind']} option {k}": then.get(k) for k in changed})
+            wanted.update({f"{now['kind']} option {k}": now["options"][k] for k in changed})
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k, '(absent)')!r} there, {wanted[k]!r} now"
                           for k in differ[:4])

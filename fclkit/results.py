@@ -20,7 +20,6 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,17 @@ def _torch_threads() -> int | None:
     return int(torch.get_num_threads())
 
 
-def write_start(run_dir: Path, config: ExperimentConfig, used: Iterable[Any]) -> None:
+def component_record(entry: Any, options: Any) -> dict[str, Any]:
+    """One run.json ``components`` entry: kind, name, provenance and options."""
+    import attrs
+
+    values = attrs.asdict(options) if attrs.has(type(options)) else {}
+    return {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin,
+            "distribution": entry.distribution, "version": entry.version,
+            "options": json.loads(json.dumps(values, default=str))}
+
+
+def write_start(run_dir: Path, config: ExperimentConfig, components: list[dict]) -> None:
     atomic_write_text(run_dir / "config.toml", dump_toml(config))
     write_json(run_dir / "run.json", {
         "status": "running",
@@ -90,9 +99,7 @@ def write_start(run_dir: Path, config: ExperimentConfig, used: Iterable[Any]) ->
         # gives bit-identical accuracies
         "torch_threads": _torch_threads(),
         "versions": _versions(),
-        "components": [{"kind": e.kind, "name": e.name, "plugin": e.plugin,
-                        "distribution": e.distribution, "version": e.version}
-                       for e in used],
+        "components": components,
     })
 
 

@@ -1,6 +1,7 @@
 """examples/compare.py: which runs it plans and how it checks the goal from the table."""
 
 import importlib.util
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,17 +45,32 @@ def test_goal_check_reports_margins_forgetting_and_the_heterogeneous_cost():
     assert "a cost of +3.0 points (**over** the 2-point limit)" in text
 
 
-def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path):
-    config = fclkit.ExperimentConfig(output=str(tmp_path), name="r", seed=1)
-    run_dir = tmp_path / "r"
-    run_dir.mkdir()
-    saved = config.to_dict()
-    saved["client_models"] = ["mlp"]  # 'auto' resolved, as a run records it
-    (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
-    compare.check_reusable(run_dir, config)  # same configuration: reused
+def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, capsys):
+    import json
+
+    config = fclkit.ExperimentConfig(cl="replay", fusion="fedavg", clients=2, tasks=2,
+                                     rounds=1, epochs=1, loggers="none",
+                                     output=str(tmp_path), name="r")
+    run_dir = fclkit.run(config).run_dir
+    compare.check_reusable(run_dir, config)  # the same configuration: reused
     with pytest.raises(SystemExit, match="guidance_weight: 1.0 there, 0.5 now"):
         compare.check_reusable(run_dir, config.evolve(guidance_weight=0.5))
-    del saved["guidance_examples"]  # a run made before the option existed
+    with pytest.raises(SystemExit, match="strategy option mem_size: 200 there, 50 now"):
+        compare.check_reusable(run_dir, config.evolve(cl_options={"mem_size": 50}))
+    # a component default that changed since the run: only run.json's options show it
+    info = json.loads((run_dir / "run.json").read_text())
+    replay = next(c for c in info["components"] if c["name"] == "replay")
+    replay["options"]["mem_size"] = 500
+    (run_dir / "run.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="strategy option mem_size: 500 there, 200 now"):
+        compare.check_reusable(run_dir, config)
+    for c in info["components"]:  # a run made before run.json recorded options
+        del c["options"]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    compare.check_reusable(run_dir, config)
+    assert "records no options of strategy 'replay'" in capsys.readouterr().out
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    del saved["guidance_examples"]  # a config field the run's fclkit did not have
     (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(SystemExit, match="guidance_examples: '\\(absent\\)' there"):
         compare.check_reusable(run_dir, config)

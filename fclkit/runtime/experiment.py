@@ -546,7 +546,7 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
     if resume is None:
         run_dir = results.create_run_dir(config) if write_results else None
         if run_dir is not None:
-            results.write_start(run_dir, config, _used_components(experiment))
+            results.write_start(run_dir, config, component_records(experiment))
     elif run_dir is not None:
         results.mark_resumed(run_dir)
     experiment.run_dir = run_dir
@@ -579,10 +579,21 @@ def run(config: ExperimentConfig, *, registry: Registry | None = None,
     return RunResult(config=config, run_dir=run_dir, metrics=metrics)
 
 
-def _used_components(experiment: Experiment) -> list[Registered]:
-    entries = [experiment.strategy, experiment.fusion_entry, experiment.benchmark_entry,
-               experiment.engine_entry, *experiment.model_entries.values(),
-               *experiment.logger_entries.values()]
-    if experiment.fm_entry is not None:
-        entries.append(experiment.fm_entry)
-    return entries
+def _used_components(experiment: Experiment) -> list[tuple[Registered, Any]]:
+    """(entry, its resolved options) of every component the run uses."""
+    e = experiment
+    used = [(e.strategy, e.strategy_options), (e.fusion_entry, e.fusion_options),
+            (e.benchmark_entry, e.benchmark_options), (e.engine_entry, e.engine_options),
+            *((entry, e.model_options[n]) for n, entry in e.model_entries.items()),
+            *((entry, e.logger_options[n]) for n, entry in e.logger_entries.items())]
+    if e.fm_entry is not None:
+        used.append((e.fm_entry, e.fm_options))
+    return used
+
+
+def component_records(experiment: Experiment) -> list[dict[str, Any]]:
+    """What run.json records of each component: name, provenance and every option's
+    value (defaults included, so a plugin default that changes later still shows)."""
+    from ..results import component_record
+
+    return [component_record(entry, options) for entry, options in _used_components(experiment)]
