@@ -83,17 +83,19 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
 
     recorded = {(c["kind"], c["name"]): c.get("options")
                 for c in json.loads((run_dir / "run.json").read_text())["components"]}
+    unchecked = []
     for now in component_records(Experiment(config, build_registry())):
         then = recorded.get((now["kind"], now["name"]))
         if then is None:
-            print(f"warning: {run_dir.name} records no options of {now['kind']} "
-                  f"{now['name']!r} (made by an older fclkit); reused unchecked",
-                  flush=True)
+            unchecked.append(f"{now['kind']} {now['name']!r}")
         elif then != now["options"]:
             changed = sorted(k for k in now["options"] if then.get(k) != now["options"][k])
             differ += [f"{now['kind']} option {k}" for k in changed]
             saved.update({f"{now['kind']} option {k}": then.get(k) for k in changed})
             wanted.update({f"{now['kind']} option {k}": now["options"][k] for k in changed})
+    if unchecked:
+        print(f"warning: {run_dir.name} records no options of {', '.join(unchecked)} "
+              "(made by an older fclkit); reused unchecked", flush=True)
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k, '(absent)')!r} there, {wanted[k]!r} now"
                           for k in differ[:4])
