@@ -66,6 +66,11 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
     return runs
 
 
+#: config fields added after runs were made, whose default changes nothing (unlike
+#: ``guidance_examples``, whose default is not what older runs did)
+NEUTRAL_NEW_FIELDS = ("grad_clip",)
+
+
 def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
     """Refuse to reuse a finished run made with another configuration (e.g. other
     ``--set`` values, or a default that changed since): its results would be passed
@@ -75,6 +80,10 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     wanted = config.to_dict()
     resolved = ("fm", "client_models")  # 'auto' is resolved in the saved file
+    # fields added later whose default reproduces what runs did before they existed
+    for key in NEUTRAL_NEW_FIELDS:
+        if key not in saved and wanted.get(key) == fclkit.config.FIELDS[key].default:
+            saved[key] = wanted[key]
     differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
     # component options, defaults included (run.json records them since fclkit 0.1.0's
     # session-4 changes; older runs cannot be checked this way)

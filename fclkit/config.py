@@ -224,6 +224,9 @@ class ExperimentConfig:
     optimizer: str = setting("sgd", "local optimiser: 'sgd' or 'adam'", one_of("sgd", "adam"))
     momentum: float = setting(0.9, "SGD momentum", float_in(0.0, 1.0, high_open=True))
     weight_decay: float = setting(0.0, "L2 weight decay", float_in(0.0, 1.0))
+    grad_clip: float = setting(
+        0.0, "clip the small models' gradient norm to this before every optimizer step "
+        "(0: off); a cure for a model that diverges to NaN at the shared lr", non_negative)
 
     # the server side
     fusion: str = setting("one-by-one", "how the server fuses the clients' uploads", _name)

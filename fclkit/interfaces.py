@@ -65,6 +65,8 @@ class TrainContext:
     optimizer: str
     momentum: float
     weight_decay: float
+    #: clip the gradient's global norm to this before each optimizer step (0: off)
+    grad_clip: float = 0.0
 
 
 @attrs.frozen

@@ -504,3 +504,28 @@ def test_split_mnist_reads_local_files(tmp_path):
     assert task.x_train.dtype == torch.float32 and tuple(task.x_train.shape[1:]) == (1, 28, 28)
     assert 0.0 <= float(task.x_train.min()) and float(task.x_train.max()) <= 1.0
     assert len(task.classes) == 2
+
+
+def test_grad_clip_bounds_every_step(tasks):
+    """context.grad_clip: with plain SGD (no momentum) each step moves the weights by at
+    most lr * max_norm; without it the first steps move them much further."""
+    import attrs
+
+    def largest_step(clip):
+        context = attrs.evolve(CONTEXT, lr=1.0, momentum=0.0, batch_size=8, grad_clip=clip)
+        model = make_model()
+        strategy = BY_NAME["naive"](model, S.NaiveStrategy.Options(), context)
+        steps = []
+
+        def watch(x, y, logits):  # runs before backward: the weights of the last step
+            now = torch.cat([p.detach().flatten() for p in model.parameters()])
+            if hasattr(watch, "before"):
+                steps.append(float((now - watch.before).norm()))
+            watch.before = now
+            return logits.sum() * 0.0
+
+        train_task(strategy, tasks[0], extra_losses=[watch])
+        return max(steps)
+
+    assert largest_step(0.01) <= 0.01 + 1e-6
+    assert largest_step(0.0) > 0.1

@@ -70,6 +70,11 @@ def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, 
     compare.check_reusable(run_dir, config)
     assert "records no options of strategy 'replay'" in capsys.readouterr().out
     saved = tomllib.loads((run_dir / "config.toml").read_text())
+    del saved["grad_clip"]  # added later, and its default (off) is what runs did before
+    (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
+    compare.check_reusable(run_dir, config)
+    with pytest.raises(SystemExit, match="grad_clip: '\\(absent\\)' there, 5.0 now"):
+        compare.check_reusable(run_dir, config.evolve(grad_clip=5.0))
     del saved["guidance_examples"]  # a config field the run's fclkit did not have
     (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(SystemExit, match="guidance_examples: '\\(absent\\)' there"):

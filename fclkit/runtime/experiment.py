@@ -301,7 +301,8 @@ class Experiment:
         model = self.build_small_model(arch)
         context = TrainContext(device=c.device, seed=c.seed, num_classes=self.stream.num_classes,
                                batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
-                               momentum=c.momentum, weight_decay=c.weight_decay)
+                               momentum=c.momentum, weight_decay=c.weight_decay,
+                               grad_clip=c.grad_clip)
         strategy = self.strategy.cls(model, self.strategy_options, context)
         return Client(client_id, self.stream.clients[client_id], arch, model, strategy,
                       epochs=c.epochs, seed=c.seed, device=c.device,

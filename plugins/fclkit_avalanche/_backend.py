@@ -189,6 +189,17 @@ class ExtraLossPlugin(SupervisedPlugin):
                                                  strategy.mb_output)
 
 
+class GradClipPlugin(SupervisedPlugin):
+    """Clips the gradient's global norm before every optimizer step (``grad_clip``)."""
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = float(max_norm)
+
+    def before_update(self, strategy, **kwargs):
+        torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), self.max_norm)
+
+
 class RoundRecorder(SupervisedPlugin):
     """Mean training loss (the full objective) and optimizer steps of a round."""
 
@@ -309,6 +320,8 @@ class RoundDriver:
         self.extra_loss = ExtraLossPlugin()
         self.recorder = RoundRecorder()
         plugins = [self.extra_loss, self.recorder, *extra_plugins, *owner.method_plugins()]
+        if getattr(context, "grad_clip", 0.0) > 0:
+            plugins.append(GradClipPlugin(context.grad_clip))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No loggers specified": silence is intended
             evaluator = EvaluationPlugin(loggers=[])
