@@ -50,8 +50,10 @@ def test_pip_installed_strategy_runs_by_name(installed_example, tmp_path):
     used = {c["kind"]: c for c in info["components"] if c["name"] != "tensorboard"}
     for kind, name in (("strategy", "l2-anchor"), ("client_model", "logreg"),
                        ("fusion", "fedavgm"), ("logger", "jsonl")):
-        assert used[kind] == {"kind": kind, "name": name, "plugin": "example",
+        provenance = {k: v for k, v in used[kind].items() if k != "options"}
+        assert provenance == {"kind": kind, "name": name, "plugin": "example",
                               "distribution": "fclkit-plugin-example", "version": "0.1.0"}
+    assert used["strategy"]["options"]["strength"] == 0.5  # every option's value recorded
 
 
 def test_pip_installed_logger_streams_the_run(installed_example, tmp_path):
