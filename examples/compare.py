@@ -36,7 +36,7 @@ import fclkit
 SMALL_MODELS = {  # homogeneous, heterogeneous
     "digits": ("mlp", "mlp,cnn,lenet"),
     "mnist": ("cnn", "mlp,cnn,lenet"),
-    "langid": ("text-bow", "text-bow,text-cnn,text-gru"),
+    "langid": ("text-cnn", "text-bow,text-cnn,text-gru"),
 }
 METHOD = [("one-by-one", cl) for cl in ("naive", "ewc", "lwf", "replay")]
 BASELINES = [("fedavg", "naive", "FedAvg fine-tuning"), ("fedavg", "lwf", "FedLwF"),
@@ -79,7 +79,9 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
 
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     wanted = config.to_dict()
-    resolved = ("fm", "client_models")  # 'auto' is resolved in the saved file
+    # 'auto' is resolved in the saved file: compare those fields only when not 'auto'
+    resolved = [k for k in ("fm", "client_models") if "auto" in
+                ((wanted[k],) if isinstance(wanted[k], str) else wanted[k])]
     # fields added later whose default reproduces what runs did before they existed
     for key in NEUTRAL_NEW_FIELDS:
         if key not in saved and wanted.get(key) == fclkit.config.FIELDS[key].default:

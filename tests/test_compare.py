@@ -55,6 +55,9 @@ def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, 
     compare.check_reusable(run_dir, config)  # the same configuration: reused
     with pytest.raises(SystemExit, match="guidance_weight: 1.0 there, 0.5 now"):
         compare.check_reusable(run_dir, config.evolve(guidance_weight=0.5))
+    with pytest.raises(SystemExit, match="client_models: \\['mlp'\\] there, \\['cnn'\\] now"):
+        compare.check_reusable(run_dir, config.evolve(client_models="cnn"))
+    compare.check_reusable(run_dir, config.evolve(client_models="mlp"))  # = what 'auto' gave
     with pytest.raises(SystemExit, match="strategy option mem_size: 200 there, 50 now"):
         compare.check_reusable(run_dir, config.evolve(cl_options={"mem_size": 50}))
     # a component default that changed since the run: only run.json's options show it

@@ -96,8 +96,8 @@ def test_auto_small_model_is_the_benchmarks_default(tiny):
     from fclkit.runtime.experiment import Experiment
 
     langid = Experiment(tiny.evolve(benchmark="langid", cl="naive"), build_registry())
-    assert langid.architectures == {0: "text-bow", 1: "text-bow"}
-    assert langid.config.client_models == ("text-bow",)
+    assert langid.architectures == {0: "text-cnn", 1: "text-cnn"}
+    assert langid.config.client_models == ("text-cnn",)
     mixed = Experiment(tiny.evolve(cl="naive", client_models="auto,cnn", fusion="isolated"),
                        build_registry())
     assert mixed.architectures == {0: "mlp", 1: "cnn"}

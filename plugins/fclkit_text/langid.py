@@ -91,7 +91,7 @@ class LangIDBenchmark(Benchmark):
     description = ("language identification (10 languages by default) from Faker's word "
                    "lists, as UTF-8 byte rows; offline")
     default_foundation_model = "hf"
-    default_client_model = "text-bow"
+    default_client_model = "text-cnn"  # the strongest of the three (replay: 85-90 %)
 
     @attrs.frozen
     class Options:
