@@ -25,11 +25,13 @@ draws any of them); finished runs found there are reused.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import fclkit
 
@@ -60,7 +62,7 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
                      "models": "homogeneous", "labels": labels})
     for budget in sweep:
         if budget != labels:
-            runs += [{**r, "labels": budget} for r in runs[:len(runs)]
+            runs += [{**r, "labels": budget} for r in list(runs)
                      if r["label"] in SWEPT and r["models"] == "homogeneous"
                      and r["labels"] == labels]
     return runs
@@ -69,6 +71,14 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
 #: config fields added after runs were made, whose default changes nothing (unlike
 #: ``guidance_examples``, whose default is not what older runs did)
 NEUTRAL_NEW_FIELDS = ("grad_clip",)
+
+
+@functools.cache
+def _registry() -> Any:
+    """The installed components, discovered once for every run checked."""
+    from fclkit.plugins import build_registry
+
+    return build_registry()
 
 
 def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
@@ -87,15 +97,13 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
         if key not in saved and wanted.get(key) == fclkit.config.FIELDS[key].default:
             saved[key] = wanted[key]
     differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
-    # component options, defaults included (run.json records them since fclkit 0.1.0's
-    # session-4 changes; older runs cannot be checked this way)
-    from fclkit.plugins import build_registry
+    # component options, defaults included (older runs' run.json did not record them)
     from fclkit.runtime.experiment import Experiment, component_records
 
     recorded = {(c["kind"], c["name"]): c.get("options")
                 for c in json.loads((run_dir / "run.json").read_text())["components"]}
     unchecked = []
-    for now in component_records(Experiment(config, build_registry())):
+    for now in component_records(Experiment(config, _registry())):
         then = recorded.get((now["kind"], now["name"]))
         if then is None:
             unchecked.append(f"{now['kind']} {now['name']!r}")

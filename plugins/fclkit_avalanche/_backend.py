@@ -320,7 +320,7 @@ class RoundDriver:
         self.extra_loss = ExtraLossPlugin()
         self.recorder = RoundRecorder()
         plugins = [self.extra_loss, self.recorder, *extra_plugins, *owner.method_plugins()]
-        if getattr(context, "grad_clip", 0.0) > 0:
+        if context.grad_clip > 0:
             plugins.append(GradClipPlugin(context.grad_clip))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No loggers specified": silence is intended
