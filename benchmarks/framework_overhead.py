@@ -4,8 +4,9 @@ The fclkit side is ``fclkit.run(ExperimentConfig(benchmark="digits", cl="naive",
 fusion="one-by-one", clients=3, tasks=5, rounds=3, threads=1))``: the full method
 with its default foundation model (EfficientNet-Lite0, frozen backbone, cached
 features, linear head), FM guidance of the small models (``guidance_weight = 1``)
-and one-by-one distillation on the server (20 epochs per teacher, batch 64,
-Adam 5e-3, KD anchor, teachers others-first). It runs three times per repeat:
+(on every example: ``guidance_examples = "all"``) and one-by-one distillation on the
+server (the fusion's default epochs per teacher, batch 64 and Adam learning rate, KD
+anchor, teachers others-first). It runs three times per repeat:
 with ``write_results=False`` (nothing on disk: the ratio below), with the results
 folder and a checkpoint after every round but no metric logger (``checkpoint =
 true``, ``loggers = none``, in a temporary folder: the cost of results +
@@ -84,6 +85,7 @@ def fclkit_config(args: argparse.Namespace, **changes: Any):
     return fclkit.ExperimentConfig(
         benchmark="digits", cl="naive", fusion="one-by-one", clients=args.clients,
         tasks=args.tasks, rounds=args.rounds, epochs=args.epochs, threads=1, seed=0,
+        guidance_examples="all",  # the hand-written side guides on every example
         fusion_options=fusion_options, **changes)
 
 
@@ -508,7 +510,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     parser.add_argument("--fusion-epochs", type=int, default=None,
-                        help="one-by-one epochs per teacher (default: the fusion's, 20)")
+                        help="one-by-one epochs per teacher (default: the fusion's)")
     parser.add_argument("--quick", action="store_true",
                         help="rounds=1, fusion epochs 5, 1 repeat (about a minute)")
     parser.add_argument("--profile", action="store_true",
@@ -536,10 +538,13 @@ def main() -> None:
     if args.no_checkpoints:
         del variants["fclkit+ckpt"], variants["fclkit+ckpt+tb"]
     names = list(variants)
+    from fclkit_one_by_one import OneByOneDistillation
+
+    fusion_epochs = args.fusion_epochs or OneByOneDistillation.Options().epochs
     print(f"digits, cl naive, fusion one-by-one, {args.clients} clients x {args.tasks} tasks x "
-          f"{args.rounds} rounds, {args.epochs} local epochs, fusion epochs "
-          f"{args.fusion_epochs or 20}, FM efficientnet-lite (cached), guidance on, torch "
-          f"threads 1; {args.repeats} repeats after a warm-up of each variant, order rotated")
+          f"{args.rounds} rounds, {args.epochs} local epochs, fusion epochs {fusion_epochs}, "
+          f"FM efficientnet-lite (cached), guidance on every example, torch threads 1; "
+          f"{args.repeats} repeats after a warm-up of each variant, order rotated")
     results: dict[str, list[dict]] = {n: [] for n in names}
     full = dict(vars(args))
     vars(args).update(tasks=2, rounds=1, fusion_epochs=1)

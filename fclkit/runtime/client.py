@@ -119,8 +119,8 @@ class Client:
         example's label to skip where the FM would mislead: ``"fm-correct"`` keeps
         the examples the FM classifies correctly, ``"fm-better"`` those where the FM
         gives the true class more probability than the small model does (examples
-        of classes the FM does not know are kept in both). The batch mean still
-        divides by the whole batch, so each kept example weighs the same. The FM's
+        of classes the FM does not know are kept in both): each skipped example
+        gets weight 0 in the batch mean, each kept one the same weight as in ``"all"``. The FM's
         backbone features are cached by the FM, so the guidance costs a head pass
         per mini-batch.
         """
@@ -130,7 +130,7 @@ class Client:
             return []
         import torch
 
-        from ..distillation import kd_loss
+        from ..distillation import kd_loss, kd_loss_to_targets, soft_targets
 
         fm.load_trainable_state(self.fm_state)
         classes = torch.tensor(self.fm_classes, dtype=torch.long)
@@ -152,10 +152,8 @@ class Client:
             else:  # "fm-correct"
                 helps = cols[fm_probs.argmax(dim=1)] == y
             keep = ~torch.isin(y, cols) | helps  # classes the FM does not know: always
-            if not bool(keep.any()):
-                return logits.sum() * 0.0
-            share = keep.float().mean()
-            return weight * share * kd_loss(logits[keep], teacher[keep], tau, classes)
+            return weight * kd_loss_to_targets(logits, soft_targets(teacher, tau, classes),
+                                               tau, classes, weights=keep.float())
 
         return [fm_guidance]
 

@@ -257,6 +257,17 @@ class Experiment:
             self.foundation_model.setup(self.stream.input_spec, self.stream.num_classes,
                                         c.device)
             self.initial_fm_state = self.foundation_model.trainable_state()
+        self.setup_server()
+        self.timings["setup"] = time.perf_counter() - started
+
+    def setup_server(self) -> None:
+        """A fresh server with the configured fusion (after the stream and FM are loaded);
+        the FM's trainable part starts from its initial state."""
+        import torch
+
+        c = self.config
+        if self.foundation_model is not None:
+            self.foundation_model.load_trainable_state(self.initial_fm_state)
         fusion = self.fusion_entry.cls(self.fusion_options)
         torch.manual_seed(derive_seed(c.seed, "fusion"))
         fusion.setup(FusionContext(
@@ -266,7 +277,6 @@ class Experiment:
             build_small_model=self.build_small_model))
         self.server = Server(fusion)
         self.server.global_fm_state = self.initial_fm_state
-        self.timings["setup"] = time.perf_counter() - started
 
     def server_public_set(self) -> Any:
         """The public set as the server sees it: every input, and only the labels of the

@@ -51,11 +51,12 @@ class OneByOneDistillation(KnowledgeFusion):
             "others-first", "teacher order for client k: 'others-first' (k's own model "
             "last), 'own-first', 'by-id' or 'random'",
             one_of("others-first", "own-first", "by-id", "random"))
-        epochs: int = setting(20, "distillation epochs over the public set, per teacher",
+        epochs: int = setting(5, "distillation epochs over the public set, per teacher "
+                              "(few: each teacher moves the FM part, none overwrites it)",
                               int_at_least(1))
         batch_size: int = setting(64, "mini-batch size of server distillation",
                                   int_at_least(1))
-        lr: float = setting(5e-3, "Adam learning rate of server distillation", positive_float)
+        lr: float = setting(1e-3, "Adam learning rate of server distillation", positive_float)
         temperature: float = setting(2.0, "softmax temperature of distillation",
                                      positive_float)
         anchor: str = setting(
