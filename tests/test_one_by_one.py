@@ -236,3 +236,33 @@ def test_kd_all_anchor_keeps_earlier_teachers_on_shared_classes(base):
         fusion.fuse(RoundInfo(0, 0, 1), uploads, [])  # the FM now knows classes 0-2
         results[anchor] = fusion.fuse(RoundInfo(0, 1, 1), uploads, []).global_fm_state
     assert any((results["kd"][k] != results["kd-all"][k]).any() for k in results["kd"])
+
+
+def test_recalled_teacher_classes_drop_the_older_classes_a_teacher_forgot(base):
+    """'recalled' distils a teacher on its task's classes and on the older classes it
+    still classifies on the server's labelled examples; 'auto' is it when labels exist."""
+    import torch
+
+    exp, fusion = _fusion(base.evolve(public_labels=5))
+    assert fusion.options.teacher_classes == "auto"
+    public = exp.server.fusion.context.public
+    seen = [0, 1, 2, 3]
+    rows, target = public.labelled_among(seen)
+    logits = torch.full((len(public.x), 10), -9.0)
+    logits[rows, torch.tensor(seen)[target]] = 9.0  # right on every labelled example ...
+    forgot = rows[target == 1]
+    logits[forgot, 3] = 20.0  # ... but class 1's: it says 3 (its current task) there
+    upload = Upload(0, "mlp", tuple(seen), 1, {}, metadata={"task_classes": [2, 3]})
+    assert fusion._classes_of(upload, logits) == [0, 2, 3]
+    logits[forgot[:1], 1] = 30.0  # right on 1 of 5 examples: a recall of 0.2 keeps it
+    assert fusion._classes_of(upload, logits) == [0, 1, 2, 3]
+    _, strict = _fusion(base.evolve(public_labels=5), recall_threshold=0.5)
+    assert strict._classes_of(upload, logits) == [0, 2, 3]
+    _, unlabelled = _fusion(base)  # 'auto' without server labels: every seen class
+    assert unlabelled._classes_of(upload, logits) == seen
+
+
+def test_recalled_teacher_classes_need_server_labels(base):
+    with pytest.raises(fclkit.ConfigError, match="holds no labels") as error:
+        _fusion(base, teacher_classes="recalled")
+    assert "--public-labels" in error.value.hint

@@ -66,9 +66,16 @@ class OneByOneDistillation(KnowledgeFusion):
             "(pull towards it) or 'none'", one_of("kd", "kd-all", "l2", "none"))
         anchor_weight: float = setting(1.0, "weight of the anchor term", non_negative)
         teacher_classes: str = setting(
-            "seen", "classes each teacher is distilled on: 'seen' (every class it has seen) "
-            "or 'task' (its current task's classes only; the anchor keeps the older ones, "
-            "as in a separated softmax)", one_of("seen", "task"))
+            "auto", "classes each teacher is distilled on: 'seen' (every class it has "
+            "seen), 'task' (its current task's classes only; the anchor keeps the older "
+            "ones, as in a separated softmax), 'recalled' (its current task's classes and "
+            "the older ones it still recognises on the server's labelled public examples, "
+            "see recall_threshold; needs public_labels) or 'auto' ('recalled' when the "
+            "server holds labels, else 'seen')", one_of("auto", "seen", "task", "recalled"))
+        recall_threshold: float = setting(
+            0.2, "teacher_classes = 'recalled': an older class is distilled from a teacher "
+            "when the teacher classifies at least this share of the class's labelled public "
+            "examples correctly", float_in(0.0, 1.0))
         min_confidence: float = setting(
             0.0, "distil a teacher only on public examples where its top probability "
             "(over the classes it has seen) is at least this (0: on every example)",
@@ -96,6 +103,12 @@ class OneByOneDistillation(KnowledgeFusion):
                 "this benchmark has none", hint="set public_fraction > 0 (e.g. 0.1)")
         #: indices (into the public set) of the examples the server has labels for
         self.labelled_index = context.public.labelled_index
+        if self.options.teacher_classes == "recalled" and not len(self.labelled_index):
+            raise fclkit.ConfigError(
+                "fusion_options.teacher_classes", "recalled", "measures which older classes "
+                "a teacher still recognises on the server's labelled public examples, and "
+                "the server holds no labels", hint="set public_labels (e.g. --public-labels "
+                "5), or teacher_classes = 'seen' or 'task'")
         fm = context.foundation_model
         initial = fm.trainable_state()
         self.personal: dict[int, dict[str, Any]] = {k: initial for k in context.client_ids}
@@ -110,8 +123,10 @@ class OneByOneDistillation(KnowledgeFusion):
         if not uploads:
             return FusionResult(downloads={})
         x_pub = self.context.public.x
-        teachers = {u.client_id: (self._teacher_logits(u, x_pub), self._classes_of(u))
-                    for u in uploads}
+        teachers = {}
+        for u in uploads:
+            logits = self._teacher_logits(u, x_pub)
+            teachers[u.client_id] = (logits, self._classes_of(u, logits))
         ids = sorted(teachers)
         self.global_state, self.global_classes = self._distil(
             self.global_state, self.global_classes, [teachers[u] for u in ids],
@@ -131,10 +146,27 @@ class OneByOneDistillation(KnowledgeFusion):
                             global_fm_classes=tuple(self.global_classes),
                             metadata={"teachers": ids})
 
-    def _classes_of(self, upload: Upload) -> list[int]:
-        if self.options.teacher_classes == "task" and "task_classes" in upload.metadata:
-            return sorted(int(c) for c in upload.metadata["task_classes"])
-        return list(upload.classes_seen)
+    def _classes_of(self, upload: Upload, logits: Any) -> list[int]:
+        """The classes a teacher is distilled on (``teacher_classes``)."""
+        mode = self.options.teacher_classes
+        if mode == "auto":
+            mode = "recalled" if len(self.labelled_index) else "seen"
+        seen = sorted(upload.classes_seen)
+        if mode == "seen" or "task_classes" not in upload.metadata:
+            return seen
+        task = sorted(int(c) for c in upload.metadata["task_classes"])
+        if mode == "task":
+            return task
+        # 'recalled': older classes whose labelled public examples the teacher still
+        # classifies correctly (argmax over the classes it has seen) often enough
+        import torch
+
+        rows, target = self.context.public.labelled_among(seen)  # target: column in seen
+        predicted = logits[rows].index_select(1, torch.tensor(seen)).argmax(dim=1)
+        recalled = [c for i, c in enumerate(seen) if c not in task and bool((target == i).any())
+                    and float((predicted[target == i] == i).float().mean())
+                    >= self.options.recall_threshold]
+        return sorted(set(task) | set(recalled))
 
     def _order(self, k: int, ids: list[int], round_info: RoundInfo) -> list[int]:
         mode = self.options.order
