@@ -15,6 +15,9 @@ part on each client's own test tasks, the global part on every client's. The fir
 replays the recorded options and reproduces the recorded run's FM accuracies; each
 ``--try`` adds a line (``--fusion fm-only`` replays another fusion on the same uploads).
 
+A recording holds every upload (tasks × rounds × clients small models: 5 MB for langid's
+defaults) and the run's configuration; it is a pickle, so load only recordings you made.
+
 What a replay does not do: the clients do not train again, so the FM's guidance of
 the small models (which a different FM would change) is the recorded run's. Use it to
 search fusion settings, then confirm the choice with real runs (``fclkit run``).
