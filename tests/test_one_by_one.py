@@ -122,9 +122,11 @@ def test_the_fusion_sees_only_the_servers_label_budget(base, budget, expected):
 
 
 def test_label_weight_zero_gives_the_unlabelled_run(base):
+    """The labels reach one-by-one through the label term and through the teachers'
+    recalled classes ('auto'); with both off, the run is the unlabelled one."""
     unlabelled = fclkit.run(base, write_results=False)
-    zero = fclkit.run(base.evolve(public_labels=5, fusion_options={"label_weight": 0.0}),
-                      write_results=False)
+    zero = fclkit.run(base.evolve(public_labels=5, fusion_options={
+        "label_weight": 0.0, "teacher_classes": "seen"}), write_results=False)
     with_labels = fclkit.run(base.evolve(public_labels=5), write_results=False)
     assert zero.summary("fm") == unlabelled.summary("fm")
     assert with_labels.summary("fm") != unlabelled.summary("fm")
@@ -146,7 +148,7 @@ def test_teacher_classes_option(base, mode, expected):
     exp, fusion = _fusion(base, teacher_classes=mode)
     upload = Upload(client_id=0, architecture="mlp", classes_seen=(0, 1, 2, 3),
                     num_examples=5, small_state={}, metadata={"task_classes": [2, 3]})
-    assert fusion._classes_of(upload) == expected
+    assert fusion._classes_of(upload, None) == expected  # neither mode reads the logits
 
 
 def test_labelled_among_gives_the_rows_and_head_columns_of_the_chosen_classes():
