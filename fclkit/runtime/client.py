@@ -130,7 +130,7 @@ class Client:
             return []
         import torch
 
-        from ..distillation import kd_loss, kd_loss_to_targets, soft_targets
+        from ..distillation import kd_loss_to_targets, soft_targets
 
         fm.load_trainable_state(self.fm_state)
         classes = torch.tensor(self.fm_classes, dtype=torch.long)
@@ -141,8 +141,9 @@ class Client:
         def fm_guidance(x: Any, y: Any, logits: Any) -> Any:
             with torch.no_grad():
                 teacher = fm.forward(x).to(logits.device)
+            targets = soft_targets(teacher, tau, classes)
             if mode == "all":
-                return weight * kd_loss(logits, teacher, tau, classes)
+                return weight * kd_loss_to_targets(logits, targets, tau, classes)
             cols, y = classes.to(logits.device), y.to(logits.device)
             fm_probs = teacher.index_select(1, cols).softmax(dim=1)
             if mode == "fm-better":  # p(true class): FM against the small model
@@ -152,8 +153,8 @@ class Client:
             else:  # "fm-correct"
                 helps = cols[fm_probs.argmax(dim=1)] == y
             keep = ~torch.isin(y, cols) | helps  # classes the FM does not know: always
-            return weight * kd_loss_to_targets(logits, soft_targets(teacher, tau, classes),
-                                               tau, classes, weights=keep.float())
+            return weight * kd_loss_to_targets(logits, targets, tau, classes,
+                                               weights=keep.float())
 
         return [fm_guidance]
 

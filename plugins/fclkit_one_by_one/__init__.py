@@ -163,10 +163,11 @@ class OneByOneDistillation(KnowledgeFusion):
 
         rows, target = self.context.public.labelled_among(seen)  # target: column in seen
         predicted = logits[rows].index_select(1, torch.tensor(seen)).argmax(dim=1)
-        recalled = [c for i, c in enumerate(seen) if c not in task and bool((target == i).any())
-                    and float((predicted[target == i] == i).float().mean())
-                    >= self.options.recall_threshold]
-        return sorted(set(task) | set(recalled))
+        labelled = torch.bincount(target, minlength=len(seen))
+        right = torch.bincount(target[predicted == target], minlength=len(seen))
+        recall = right / labelled.clamp(min=1)  # a class without labels counts 0
+        return sorted(set(task) | {c for i, c in enumerate(seen)
+                                   if recall[i] >= self.options.recall_threshold})
 
     def _order(self, k: int, ids: list[int], round_info: RoundInfo) -> list[int]:
         mode = self.options.order
