@@ -47,7 +47,7 @@ def direct_strategies():
 
 def run_fclkit(name, tasks, context, epochs):
     from fclkit.messages import RoundInfo
-    from fclkit_avalanche.strategies import STRATEGIES
+    from fclkit_builtins.avalanche.strategies import STRATEGIES
 
     cls = {c.name: c for c in STRATEGIES}[name]
     model = make_model()
@@ -73,7 +73,7 @@ def run_direct(name, tasks, context, epochs):
     model = make_model()
     start = time.perf_counter()
     if SAME_EXPERIENCES:  # isolates the driver's own cost from the data containers' cost
-        from fclkit_avalanche._backend import make_experience
+        from fclkit_builtins.avalanche.round_driver import make_experience
 
         experiences = [make_experience(t) for t in tasks]
     else:
@@ -112,8 +112,13 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
 
+    import sys
+    from pathlib import Path
+
     from fclkit.interfaces import TrainContext
-    from fclkit_digits import digits_tasks
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from digits_tasks import digits_tasks  # the test helper (tests/digits_tasks.py)
 
     tasks = digits_tasks(GROUPS)
     context = TrainContext(device="cpu", seed=0, num_classes=10, batch_size=args.batch_size,

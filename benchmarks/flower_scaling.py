@@ -30,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(engine: str, clients: int, cpus_per_client: float) -> None:
     """Run one experiment in this process and print its numbers as JSON."""
     import fclkit
-    import fclkit_flower
+    import fclkit_builtins.flower
 
     config = fclkit.ExperimentConfig(
         cl="naive", fusion="fedavg", clients=clients, tasks=2, rounds=2, epochs=1,
         model_options={"hidden": 32}, threads=1, seed=0, engine=engine,
         engine_options={"num_cpus_per_client": cpus_per_client} if engine == "flower" else {})
     started = time.perf_counter()
-    result = fclkit.run(config, plugins=[fclkit_flower], write_results=False)
+    result = fclkit.run(config, plugins=[fclkit_builtins.flower], write_results=False)
     wall = time.perf_counter() - started
     print(json.dumps({"wall": wall, "timings": result.metrics["timings_seconds"],
                       "matrix": result.accuracy_matrix()}))

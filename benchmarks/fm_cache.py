@@ -28,10 +28,12 @@ import torch
 from fclkit.interfaces import StreamSpec
 
 PAIRS = {
-    "langid": ("fclkit_text.langid:LangIDBenchmark", "fclkit_hf.hf:HuggingFaceFM"),
-    "mnist": ("fclkit_vision.mnist:MNISTBenchmark",
-              "fclkit_vision.efficientnet:EfficientNetLiteFM"),
-    "digits": ("fclkit_digits:DigitsBenchmark", "fclkit_vision.efficientnet:EfficientNetLiteFM"),
+    "langid": ("fclkit_builtins.text.langid:LangIDBenchmark",
+               "fclkit_builtins.hf.hf:HuggingFaceFM"),
+    "mnist": ("fclkit_builtins.vision.mnist:MNISTBenchmark",
+              "fclkit_builtins.vision.efficientnet:EfficientNetLiteFM"),
+    "digits": ("fclkit_builtins.digits.benchmark:DigitsBenchmark",
+               "fclkit_builtins.vision.efficientnet:EfficientNetLiteFM"),
 }
 
 

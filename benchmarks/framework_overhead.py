@@ -197,8 +197,8 @@ def run_hand(args: argparse.Namespace, loader: str) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from fclkit.interfaces import StreamSpec
-    from fclkit_digits import DigitsBenchmark
-    from fclkit_one_by_one import OneByOneDistillation
+    from fclkit_builtins.digits.benchmark import DigitsBenchmark
+    from fclkit_builtins.one_by_one import OneByOneDistillation
 
     obod = OneByOneDistillation.Options()
     f_epochs = args.fusion_epochs or obod.epochs
@@ -406,9 +406,9 @@ def _profile(fn) -> dict[str, tuple[float, float, int]]:
 
 #: fclkit functions and their counterparts on the hand-written side (same work)
 COUNTERPARTS = {"fclkit/distillation.py:kd_loss": "benchmarks/framework_overhead.py:kd",
-                "plugins/fclkit_one_by_one/__init__.py:_distil":
+                "plugins/fclkit_builtins/one_by_one/__init__.py:_distil":
                     "benchmarks/framework_overhead.py:distil",
-                "plugins/fclkit_vision/efficientnet.py:encode":
+                "plugins/fclkit_builtins/vision/efficientnet.py:encode":
                     "benchmarks/framework_overhead.py:encode"}
 
 
@@ -422,8 +422,8 @@ def cache_path_cost(repeats: int = 300) -> dict[str, float]:
     import torch
 
     from fclkit.interfaces import StreamSpec
-    from fclkit_digits import DigitsBenchmark
-    from fclkit_vision.efficientnet import EfficientNetLiteFM
+    from fclkit_builtins.digits.benchmark import DigitsBenchmark
+    from fclkit_builtins.vision.efficientnet import EfficientNetLiteFM
 
     stream = DigitsBenchmark(DigitsBenchmark.Options()).build(StreamSpec(
         num_clients=3, num_tasks=5, seed=0, partition="iid", dirichlet_alpha=0.5,
@@ -546,7 +546,7 @@ def main() -> None:
     if args.no_checkpoints:
         del variants["fclkit+ckpt"], variants["fclkit+ckpt+tb"]
     names = list(variants)
-    from fclkit_one_by_one import OneByOneDistillation
+    from fclkit_builtins.one_by_one import OneByOneDistillation
 
     fusion_epochs = args.fusion_epochs or OneByOneDistillation.Options().epochs
     print(f"digits, cl naive, fusion one-by-one, {args.clients} clients x {args.tasks} tasks x "

@@ -150,8 +150,8 @@ def child(spec: dict) -> None:
     warnings.simplefilter("ignore")
     out: dict = {"rss_start": rss()}
     import fclkit
-    import fclkit.runtime.local as local
-    import fclkit_vision.efficientnet as efficientnet
+    import fclkit_builtins.local as local
+    import fclkit_builtins.vision.efficientnet as efficientnet
     from fclkit.progress import Reporter
 
     loads = {"n": 0}

@@ -74,10 +74,11 @@ def child(output: str, threads: int) -> None:
     mark("import fclkit.cli (typer)")
     # instrumentation: these modules are light (no torch); the run imports them anyway
     import fclkit.runtime.experiment as experiment
-    import fclkit.runtime.local as local
-    import fclkit_avalanche.strategies as strategies
-    import fclkit_digits
-    import fclkit_vision.efficientnet as efficientnet
+    import fclkit.runtime.run as run_module
+    import fclkit_builtins.avalanche.strategies as strategies
+    import fclkit_builtins.digits.benchmark
+    import fclkit_builtins.local.engine as local
+    import fclkit_builtins.vision.efficientnet as efficientnet
 
     mark("instrumentation imports (runtime + plugin modules)")
 
@@ -100,12 +101,11 @@ def child(output: str, threads: int) -> None:
                           "strategy": type(self).__name__}), flush=True)
         os._exit(0)
 
-    around(experiment, "run", "fclkit.run")
+    around(run_module, "run", "fclkit.run")
     around(experiment.Experiment, "__init__", "Experiment (options, compatibility)")
     around(experiment.Experiment, "prepare", "prepare")
-    if hasattr(experiment.Experiment, "start_loggers"):
-        around(experiment.Experiment, "start_loggers", "loggers")
-    around(fclkit_digits.DigitsBenchmark, "build", "benchmark build (digits)")
+    around(run_module, "start_loggers", "loggers")
+    around(fclkit_builtins.digits.benchmark.DigitsBenchmark, "build", "benchmark build (digits)")
     around(efficientnet.EfficientNetLiteFM, "setup", "FM setup (EfficientNet-Lite0)")
     around(local.LocalExecutor, "__init__", "build clients (strategies, Avalanche)")
     around(local.LocalExecutor, "evaluate", "evaluation")

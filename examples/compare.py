@@ -68,8 +68,7 @@ def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
     return runs
 
 
-#: config fields added after runs were made, whose default changes nothing (unlike
-#: ``guidance_examples``, whose default is not what older runs did)
+#: config fields added after runs were made, whose default changes nothing
 NEUTRAL_NEW_FIELDS = ("grad_clip",)
 
 
@@ -98,13 +97,19 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
             saved[key] = wanted[key]
     differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
     # component options, defaults included (older runs' run.json did not record them)
-    from fclkit.runtime.experiment import Experiment, component_records
+    from fclkit.kinds import by_name
+    from fclkit.runtime.experiment import Experiment
 
     recorded = {(c["kind"], c["name"]): c.get("options")
                 for c in json.loads((run_dir / "run.json").read_text())["components"]}
     unchecked = []
-    for now in component_records(Experiment(config, _registry())):
+    for now in Experiment(config, _registry()).components.records():
         then = recorded.get((now["kind"], now["name"]))
+        if then is not None:  # options older runs set as top-level fields (e.g. guidance_*)
+            table = by_name()[now["kind"]].options_field
+            then = {**{key: saved[old] for old, (t, key) in
+                       fclkit.config.DEPRECATED_FIELDS.items()
+                       if t == table and old in saved and key in now["options"]}, **then}
         if then is None:
             unchecked.append(f"{now['kind']} {now['name']!r}")
         elif then != now["options"]:

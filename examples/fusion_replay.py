@@ -44,10 +44,9 @@ def _recording(fusion_cls: type) -> tuple[type, list]:
 
     def fuse(self: Any, round_info: Any, uploads: Any, failures: Any) -> Any:
         rounds.append((round_info.task, round_info.round, [
-            {"client_id": u.client_id, "architecture": u.architecture,
-             "classes_seen": tuple(u.classes_seen), "num_examples": u.num_examples,
-             "small_state": {k: v.detach().cpu().clone() for k, v in u.small_state.items()},
-             "metadata": dict(u.metadata)} for u in uploads]))
+            {**u.to_state(), "classes_seen": tuple(u.classes_seen),
+             "small_state": {k: v.detach().cpu().clone() for k, v in u.small_state.items()}}
+            for u in uploads]))
         return fusion_cls.fuse(self, round_info, uploads, failures)
 
     name = f"recording-{fusion_cls.name}"
@@ -65,7 +64,7 @@ def record(out: Path, overrides: dict[str, Any]) -> None:
     registry = build_registry()
     # every fusion option, defaults included: "as recorded" stays so if a default changes
     config = attrs.evolve(config, fusion_options=attrs.asdict(
-        Experiment(config, registry).fusion_options))
+        Experiment(config, registry).components.one("fusion").options))
     recording, rounds = _recording(registry.get("fusion", config.fusion).cls)
     result = fclkit.run(attrs.evolve(config, fusion=recording.name), registry=registry,
                         components=[recording], write_results=False)
@@ -138,7 +137,6 @@ class Replayer:
 def _replay(experiment: Any, recorded_rounds: list) -> dict[str, dict[str, float | None]]:
     from fclkit.messages import RoundInfo, Upload
     from fclkit.runtime.client import _restricted, accuracy
-    from fclkit.runtime.server import split_fm_classes
 
     stream, fm = experiment.stream, experiment.foundation_model
     rounds_per_task = experiment.config.rounds
@@ -152,13 +150,14 @@ def _replay(experiment: Any, recorded_rounds: list) -> dict[str, dict[str, float
 
     for task, rnd, uploads in recorded_rounds:
         info = RoundInfo(task=task, round=rnd, rounds_per_task=rounds_per_task)
-        result = experiment.server.aggregate(info, [Upload(**u) for u in uploads], [])
+        result = experiment.server.aggregate(info, [Upload.from_state(u) for u in uploads], [])
         for k, download in result.downloads.items():
             if download.fm_state is not None:
-                personal[k] = (download.fm_state, sorted(download.metadata.get("fm_classes",
-                                                                              [])))
+                personal[k] = (download.fm_state, sorted(download.fm_classes or ()))
         if info.is_last_round:
-            global_state, global_classes = split_fm_classes(experiment.server.global_fm())
+            global_fm = experiment.server.global_fm()
+            global_state = None if global_fm is None else global_fm.fm_state
+            global_classes = None if global_fm is None else list(global_fm.fm_classes or ())
             for client in range(experiment.config.clients):
                 if client in personal:
                     rows["fm"].setdefault(client, []).append(evaluate(*personal[client],

@@ -30,8 +30,11 @@ from .interfaces import (
     Benchmark,
     ClientExecutor,
     ClientModel,
+    ClientRound,
+    ClientSide,
     ContinualStrategy,
     Engine,
+    EngineHost,
     ExperimentLogger,
     ExtraLoss,
     FoundationModel,
@@ -48,19 +51,22 @@ from .stream import ClientStream, FederatedStream, InputSpec, PublicSet, TaskDat
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .runtime.experiment import RunResult
+    from .runtime.run import RunResult
 
 
 def run(config: ExperimentConfig | None = None, **kwargs: Any) -> RunResult:
-    """Run an experiment; see :func:`fclkit.runtime.experiment.run` for the arguments."""
-    from .runtime.experiment import run as _run
+    """Run an experiment; see :func:`fclkit.runtime.run.run` for the arguments."""
+    from .runtime.run import run as _run
 
-    return _run(config if config is not None else ExperimentConfig(), **kwargs)
+    if config is None and kwargs.get("resume") is None:
+        config = ExperimentConfig()
+    return _run(config, **kwargs)
 
 
 __all__ = [
-    "Benchmark", "BenchmarkUnavailableError", "ClientExecutor", "ClientModel", "ClientStream",
-    "ConfigError", "ContinualStrategy", "Download", "DuplicateComponentError", "Engine",
+    "Benchmark", "BenchmarkUnavailableError", "ClientExecutor", "ClientModel", "ClientRound",
+    "ClientSide", "ClientStream", "ConfigError", "ContinualStrategy", "Download",
+    "DuplicateComponentError", "Engine", "EngineHost",
     "ExperimentConfig", "ExperimentLogger", "ExtraLoss", "Failure", "FclkitError",
     "FederatedStream",
     "FoundationModel", "FusionContext", "FusionResult", "IncompatibleComponentsError",

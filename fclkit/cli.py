@@ -6,7 +6,9 @@ Known errors print one line (and a hint); the traceback appears only with
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ import typer
 
 from . import __version__
 from .config import field_help
-from .errors import FclkitError
+from .errors import FclkitDeprecationWarning, FclkitError
 
 app = typer.Typer(
     name="fclkit",
@@ -31,14 +33,21 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
+def escape(text: str) -> str:
+    """``text`` shown as it is (rich would read ``[fusion_options]`` as markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug or os.environ.get("FCLKIT_DEBUG"):
         raise exc
     err = _console(stderr=True)
-    err.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
     hint = getattr(exc, "hint", None)
     if hint:
-        err.print(f"[dim]hint: {hint}[/dim]", soft_wrap=True)
+        err.print(f"[dim]hint: {escape(str(hint))}[/dim]", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -52,17 +61,43 @@ def _opt_help(component: str, several: bool = False) -> str:
             "`fclkit plugins --options` lists them)")
 
 
-@app.command()
+def _kind_parameters() -> list[inspect.Parameter]:
+    """Two flags per component kind (:data:`fclkit.kinds.KINDS`): ``--cl NAME`` and
+    ``--cl-opt KEY=VALUE``."""
+    from . import kinds
+
+    params = []
+    for kind in kinds.KINDS:
+        params.append(inspect.Parameter(
+            kind.field, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[str | None, typer.Option(kind.flag, help=_help(kind.field))]))
+        params.append(inspect.Parameter(
+            kind.options_field, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[list[str] | None, typer.Option(
+                kind.options_flag, metavar="KEY=VALUE",
+                help=_opt_help(kind.label + ("s" if kind.several else ""), kind.several))]))
+    return params
+
+
+def _with_kind_flags(command: Any) -> Any:
+    """``command`` with the component kinds' flags inserted before its own."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(
+        parameters=[own[0], *_kind_parameters(), *own[1:]])  # after --config
+    return command
+
+
+#: the run's own flags (besides the component kinds' and --config): field -> flag
+RUN_FIELDS = ("clients", "tasks", "rounds", "epochs", "batch_size", "lr", "partition",
+              "public_fraction", "public_labels", "dirichlet_alpha", "seed", "threads",
+              "device", "name")
+
+
 def run(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML file with the experiment (flags override it)")] = None,
-    cl: Annotated[str | None, typer.Option(help=_help("cl"))] = None,
-    fusion: Annotated[str | None, typer.Option(help=_help("fusion"))] = None,
-    client_models: Annotated[str | None, typer.Option(
-        "--client-models", help=_help("client_models"))] = None,
-    fm: Annotated[str | None, typer.Option(help=_help("fm"))] = None,
-    benchmark: Annotated[str | None, typer.Option(help=_help("benchmark"))] = None,
-    engine: Annotated[str | None, typer.Option(help=_help("engine"))] = None,
+    *,
     clients: Annotated[int | None, typer.Option(help=_help("clients"))] = None,
     tasks: Annotated[int | None, typer.Option(help=_help("tasks"))] = None,
     rounds: Annotated[int | None, typer.Option(help=_help("rounds"))] = None,
@@ -75,33 +110,19 @@ def run(
     dirichlet_alpha: Annotated[float | None, typer.Option(help=_help("dirichlet_alpha"))] = None,
     seed: Annotated[int | None, typer.Option(help=_help("seed"))] = None,
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
-    guidance_weight: Annotated[float | None, typer.Option(
-        help=_help("guidance_weight"))] = None,
-    guidance_examples: Annotated[str | None, typer.Option(
-        help=_help("guidance_examples"))] = None,
-    loggers: Annotated[str | None, typer.Option(help=_help("loggers"))] = None,
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
     name: Annotated[str | None, typer.Option(help=_help("name"))] = None,
-    cl_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("strategy"))] = None,
-    fusion_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("fusion"))] = None,
-    model_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("small models", several=True))] = None,
-    fm_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("foundation model"))] = None,
-    benchmark_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("benchmark"))] = None,
-    engine_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("engine"))] = None,
-    logger_opt: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help=_opt_help("loggers", several=True))] = None,
+    guidance_weight: Annotated[float | None, typer.Option(
+        hidden=True, help="deprecated: --fusion-opt guidance_weight=W")] = None,
+    guidance_examples: Annotated[str | None, typer.Option(
+        hidden=True, help="deprecated: --fusion-opt guidance_examples=MODE")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="continue a stopped run from its latest checkpoint, in its own folder "
         "(its config.toml is used; other options are not allowed)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     debug: Annotated[bool, typer.Option(help="show tracebacks of errors")] = False,
+    **components: Any,
 ) -> None:
     """Run an experiment (offline default: digits, 3 clients, 5 tasks).
 
@@ -109,43 +130,39 @@ def run(
     --model-opt, --fm-opt, --benchmark-opt, --engine-opt, --logger-opt
     (NAME.key=value sets one component's option, e.g. --model-opt mlp.hidden=64).
     """
+    from . import kinds
     from .config import load_config, parse_option_pairs
 
+    given = dict(locals())
     try:
-        overrides: dict[str, Any] = {
-            "cl": cl, "fusion": fusion, "client_models": client_models, "fm": fm,
-            "benchmark": benchmark, "engine": engine, "clients": clients, "tasks": tasks,
-            "rounds": rounds, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "partition": partition, "dirichlet_alpha": dirichlet_alpha,
-            "public_fraction": public_fraction, "public_labels": public_labels, "seed": seed,
-            "threads": threads, "guidance_weight": guidance_weight,
-            "guidance_examples": guidance_examples, "loggers": loggers,
-            "device": device, "output": str(output) if output is not None else None,
-            "name": name,
-        }
-        for table, pairs, flag in (
-            ("cl_options", cl_opt, "--cl-opt"), ("fusion_options", fusion_opt, "--fusion-opt"),
-            ("model_options", model_opt, "--model-opt"), ("fm_options", fm_opt, "--fm-opt"),
-            ("benchmark_options", benchmark_opt, "--benchmark-opt"),
-            ("engine_options", engine_opt, "--engine-opt"),
-            ("logger_options", logger_opt, "--logger-opt"),
-        ):
+        overrides: dict[str, Any] = {f: given[f] for f in RUN_FIELDS}
+        overrides["output"] = str(output) if output is not None else None
+        overrides["guidance_weight"] = guidance_weight
+        overrides["guidance_examples"] = guidance_examples
+        for kind in kinds.KINDS:
+            overrides[kind.field] = components.get(kind.field)
+            pairs = components.get(kind.options_field)
             if pairs:
-                overrides[table] = parse_option_pairs(pairs, flag)
+                overrides[kind.options_field] = parse_option_pairs(pairs, kind.options_flag)
         from .progress import Reporter, RichReporter
-        from .runtime.experiment import run as run_experiment
+        from .runtime.run import run as run_experiment
 
         reporter = Reporter() if quiet else RichReporter()
         if resume is not None:
-            given = [k for k, v in overrides.items() if v is not None]
-            if config is not None or given:
+            named = [k for k, v in overrides.items() if v is not None]
+            if config is not None or named:
                 raise FclkitError(
                     "--resume continues a run with its own configuration; it cannot be "
-                    f"combined with {', '.join(['--config'] * (config is not None) + given)}")
-            result = run_experiment(load_config(resume / "config.toml"), reporter=reporter,
-                                    resume=resume)
+                    f"combined with {', '.join(['--config'] * (config is not None) + named)}")
+            result = run_experiment(None, reporter=reporter, resume=resume)
         else:
-            result = run_experiment(load_config(config, overrides), reporter=reporter)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", FclkitDeprecationWarning)
+                loaded = load_config(config, overrides)
+            for w in caught:
+                _console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(str(w.message))}",
+                                            soft_wrap=True)
+            result = run_experiment(loaded, reporter=reporter)
     except FclkitError as exc:
         _fail(exc, debug)
         return
@@ -155,6 +172,9 @@ def run(
     from .summary import print_summary
 
     print_summary(result.metrics, result.run_dir, console=_console())
+
+
+app.command()(_with_kind_flags(run))
 
 
 @app.command()

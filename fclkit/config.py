@@ -10,187 +10,90 @@ TOML (``fclkit run --config exp.toml``); CLI flags override the file::
     [cl_options]
     ewc_lambda = 100.0
 
-Components' own hyperparameters live in the ``*_options`` tables; they are
-checked against the component's ``Options`` class when the run is built.
+The fields that select components (``cl``, ``fusion``, ``client_models``, ...)
+and their option tables (``cl_options``, ...) are made from the component kinds
+(:data:`fclkit.kinds.KINDS`), one pair per kind. Components' own hyperparameters
+are checked against the component's ``Options`` class when the run is built.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import tomllib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .errors import ConfigError
+from . import kinds
+from .errors import ConfigError, FclkitDeprecationWarning
+from .fields import (  # re-exported: plugins' Options use them
+    assign_architectures,
+    boolean,
+    component_name,
+    component_names,
+    float_in,
+    int_at_least,
+    non_negative,
+    one_of,
+    options_table,
+    positive_float,
+    setting,
+    to_dict,
+    to_names,
+    torch_device,
+)
+
+__all__ = [
+    "DEPRECATED_FIELDS", "ExperimentConfig", "FIELDS", "assign_architectures", "boolean",
+    "build_options", "commented_toml", "config_from_mapping", "dump_toml", "field_help",
+    "float_in", "int_at_least", "load_config", "non_negative", "one_of", "options_help",
+    "parse_option_pairs", "positive_float", "read_toml", "setting",
+]
+
+#: Fields a configuration may still use, and where their value goes now: the
+#: option of the fusion (the federated method) that replaced them.
+DEPRECATED_FIELDS: dict[str, tuple[str, str]] = {
+    "guidance_weight": ("fusion_options", "guidance_weight"),
+    "guidance_temperature": ("fusion_options", "guidance_temperature"),
+    "guidance_examples": ("fusion_options", "guidance_examples"),
+}
 
 
-def setting(default: Any, help: str, validator: Any = None, converter: Any = None) -> Any:
-    """An attrs field with a help text (and optional validator/converter)."""
-    kwargs: dict[str, Any] = {"metadata": {"help": help}}
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        kwargs["default"] = default
-    else:
-        kwargs["default"] = default
-    if validator is not None:
-        kwargs["validator"] = validator
-    if converter is not None:
-        kwargs["converter"] = converter
-    return attrs.field(**kwargs)
-
-
-# ------------------------------------------------------------------ validators
-
-
-def int_at_least(minimum: int):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(attribute.name, value, f"must be an integer >= {minimum}")
-        if value < minimum:
-            raise ConfigError(attribute.name, value, f"must be an integer >= {minimum}")
-
-    return check
-
-
-def positive_float(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(attribute.name, value, "must be a finite number > 0")
-    if value <= 0:
-        raise ConfigError(attribute.name, value, "must be a finite number > 0")
-
-
-def non_negative(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value < 0):
-        raise ConfigError(attribute.name, value, "must be a finite number >= 0")
-
-
-def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        allowed = f"must be a number in {lo}{low}, {high}{hi}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ConfigError(attribute.name, value, allowed)
-        if value < low or value > high or (low_open and value == low) or (
-            high_open and value == high
-        ):
-            raise ConfigError(attribute.name, value, allowed)
-
-    return check
-
-
-def one_of(*choices: str):
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise ConfigError(attribute.name, value, "must be one of: " + ", ".join(choices))
-
-    return check
-
-
-def _name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(attribute.name, value, "must be a non-empty component name")
-
-
-def _names(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if (not isinstance(value, tuple) or not value
-            or any(not isinstance(v, str) or not v.strip() for v in value)):
-        raise ConfigError(
-            attribute.name, value, "must be one name or a comma-separated list of names"
-        )
-
-
-def _table(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, Mapping) or any(not isinstance(k, str) for k in value):
-        raise ConfigError(attribute.name, value, "must be a table of option = value")
-
-
-def boolean(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(attribute.name, value, "must be true or false")
-
-
-def _device(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, str) or not (
-        value in ("cpu", "cuda", "mps") or value.startswith("cuda:")
-    ):
-        raise ConfigError(attribute.name, value, "must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
-
-
-def _to_names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip()) or (value,)
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    return value  # validator reports it
-
-
-def _to_architectures(value: Any) -> Any:
-    """``"mlp,cnn"`` / a list -> names assigned in turn; ``"0=mlp,1=cnn,default=lenet"``
-    / a table -> architecture per client id (``default``: every client not listed)."""
-    if isinstance(value, str) and "=" in value:
-        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
-        return {k.strip(): v.strip() for k, _, v in pairs}
-    if isinstance(value, Mapping):
-        return {str(k).strip(): v for k, v in value.items()}
-    return _to_names(value)
-
-
-def _architectures(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, tuple):
-        _names(inst, attribute, value)
-        return
-    shape = ("must be a name, a comma list of names assigned to clients in turn, or a table "
-             "client id -> name, e.g. {0 = \"mlp\", 1 = \"cnn\", default = \"lenet\"}")
-    if not isinstance(value, dict) or not value:
-        raise ConfigError(attribute.name, value, shape)
-    for key, name in value.items():
-        if key != "default" and not key.isdigit():
-            raise ConfigError(f"{attribute.name}.{key}", name,
-                              "keys are client ids (0, 1, ...) or 'default'")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{attribute.name}.{key}", name, "must be an architecture name")
-
-
-def assign_architectures(client_models: tuple | Mapping[str, str], clients: int,
-                         ) -> dict[int, str]:
-    """Client id -> small-model architecture, from ``client_models`` (see its help)."""
-    if not isinstance(client_models, Mapping):
-        return {k: client_models[k % len(client_models)] for k in range(clients)}
-    extra = sorted(int(k) for k in client_models if k != "default" and int(k) >= clients)
-    if extra:
-        raise ConfigError(f"client_models.{extra[0]}", client_models[str(extra[0])],
-                          f"there is no client {extra[0]}: clients = {clients} "
-                          f"(ids 0..{clients - 1})", hint="remove it or raise clients")
-    default = client_models.get("default")
-    missing = [k for k in range(clients) if str(k) not in client_models]
-    if missing and default is None:
-        raise ConfigError("client_models", dict(client_models),
-                          f"no architecture for client(s) {missing}",
-                          hint='list every client or add default = "NAME"')
-    return {k: client_models[str(k)] if str(k) in client_models else str(default)
-            for k in range(clients)}
-
-
-def _to_dict(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else value
+def _with_component_fields(cls: type) -> type:
+    """Add, before attrs sees ``cls``, a selection field and an options table per kind."""
+    annotations: dict[str, str] = {}
+    for kind in kinds.KINDS:
+        validator = kind.validator or (component_names if kind.several else component_name)
+        converter = kind.converter or (to_names if kind.several else None)
+        annotations[kind.field] = "Any"
+        setattr(cls, kind.field, setting(kind.default, kind.help, validator, converter))
+        annotations[kind.options_field] = "dict"
+        help_text = (f"options of the {kind.label}s: a key applies to every selected "
+                     f"{kind.label} that has it, a sub-table [{kind.options_field}.NAME] to "
+                     "one" if kind.several else f"options of the {kind.label}")
+        setattr(cls, kind.options_field,
+                setting(attrs.Factory(dict), help_text, options_table, to_dict))
+    cls.__annotations__ = {**annotations, **cls.__dict__.get("__annotations__", {})}
+    return cls
 
 
 # ---------------------------------------------------------------- the config
 
 
 @attrs.frozen(kw_only=True)
+@_with_component_fields
 class ExperimentConfig:
-    """Everything that defines one run. Frozen: use :meth:`evolve` for a changed copy."""
+    """Everything that defines one run. Frozen: use :meth:`evolve` for a changed copy.
+
+    The component fields (``cl``, ``fusion``, ``client_models``, ``fm``, ``benchmark``,
+    ``engine``, ``loggers`` and their ``*_options`` tables) come from
+    :data:`fclkit.kinds.KINDS`; the fields below are the run's own.
+    """
 
     # what to learn from
-    benchmark: str = setting("digits", "benchmark to run on (`fclkit plugins` lists them)", _name)
-    benchmark_options: dict = setting(
-        attrs.Factory(dict), "options of the benchmark", _table, _to_dict)
     clients: int = setting(3, "number of clients", int_at_least(1))
     tasks: int = setting(5, "number of tasks each client learns in sequence", int_at_least(1))
     partition: str = setting(
@@ -209,15 +112,7 @@ class ExperimentConfig:
         "(fusion option label_weight); a number at least the set's size per class labels "
         "every example", int_at_least(0))
 
-    # the small models and how they learn
-    client_models: tuple | dict = setting(
-        ("auto",), "small-model architecture ('auto': the benchmark's default), a comma list "
-        "assigned to clients in turn (heterogeneous run), or one per client: "
-        "'0=mlp,1=cnn,default=lenet' (a table in TOML)", _architectures, _to_architectures)
-    model_options: dict = setting(
-        attrs.Factory(dict), "options passed to every small-model architecture", _table, _to_dict)
-    cl: str = setting("replay", "continual-learning strategy of the small models", _name)
-    cl_options: dict = setting(attrs.Factory(dict), "options of the strategy", _table, _to_dict)
+    # how the small models learn
     epochs: int = setting(5, "local epochs per round", int_at_least(1))
     batch_size: int = setting(16, "mini-batch size of local training", int_at_least(1))
     lr: float = setting(0.05, "learning rate of local training", positive_float)
@@ -227,33 +122,9 @@ class ExperimentConfig:
     grad_clip: float = setting(
         0.0, "clip the small models' gradient norm to this before every optimizer step "
         "(0: off); a cure for a model that diverges to NaN at the shared lr", non_negative)
-
-    # the server side
-    fusion: str = setting("one-by-one", "how the server fuses the clients' uploads", _name)
-    fusion_options: dict = setting(attrs.Factory(dict), "options of the fusion", _table, _to_dict)
-    fm: str = setting(
-        "auto", "foundation model: a name, 'none', or 'auto' (the benchmark's default FM "
-        "when the fusion needs one, else none)", _name)
-    fm_options: dict = setting(
-        attrs.Factory(dict), "options of the foundation model", _table, _to_dict)
     rounds: int = setting(3, "federated rounds per task", int_at_least(1))
-    guidance_weight: float = setting(
-        1.0, "weight of the foundation model's distillation term in the small models' loss "
-        "(Small Model Continual Fine-tuning); 0 turns the guidance off",
-        float_in(0.0, 1e6))
-    guidance_temperature: float = setting(
-        2.0, "softmax temperature of the foundation model's guidance", positive_float)
-    guidance_examples: str = setting(
-        "fm-better", "where the foundation model guides a small model, judged by the example's "
-        "own label: 'all' (every training example), 'fm-correct' (where the FM predicts "
-        "the label) or 'fm-better' (where the FM gives the label more probability than the "
-        "small model does); examples of classes the FM does not know yet are guided in "
-        "every mode", one_of("all", "fm-correct", "fm-better"))
 
     # how and where to run
-    engine: str = setting("local", "execution engine ('local' runs clients in-process)", _name)
-    engine_options: dict = setting(
-        attrs.Factory(dict), "options of the engine", _table, _to_dict)
     seed: int = setting(0, "random seed: the same seed gives the same accuracies",
                         int_at_least(0))
     min_clients: int = setting(
@@ -268,22 +139,19 @@ class ExperimentConfig:
     checkpoint: bool = setting(
         True, "write a checkpoint at the end of every round so `fclkit run --resume RUN_DIR` "
         "can continue the run", boolean)
-    loggers: tuple = setting(
-        ("auto",), "metric trackers fed during the run, besides the results folder: 'auto' "
-        "(every installed logger that is on by default: TensorBoard when installed), "
-        "'none', or a comma list of names (`fclkit plugins` lists them)", _names, _to_names)
-    logger_options: dict = setting(
-        attrs.Factory(dict), "options of the loggers (a sub-table per logger, e.g. "
-        "[logger_options.tensorboard])", _table, _to_dict)
     threads: int = setting(
         0, "torch CPU threads (0 = torch's default); 1 is often fastest for small models. "
         "Accuracies are bit-identical for the same seed and thread count",
         int_at_least(0))
-    device: str = setting("cpu", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
+    device: str = setting("cpu", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'",
+                          torch_device)
     output: str = setting("runs", "folder in which each run writes its results folder",
-                          _name, str)
+                          component_name, str)
     name: str = setting("", "name of the results folder (default: made from cl, fusion, seed "
                         "and time)", None, str)
+
+    if TYPE_CHECKING:  # the component fields, made from fclkit.kinds.KINDS
+        def __getattr__(self, name: str) -> Any: ...
 
     def __attrs_post_init__(self) -> None:
         if self.min_clients > self.clients:
@@ -294,19 +162,22 @@ class ExperimentConfig:
         """A copy with ``changes`` applied (and validated)."""
         return attrs.evolve(self, **changes)
 
-    @property
-    def option_tables(self) -> dict[str, str]:
-        """component field -> its options field."""
-        return {"cl": "cl_options", "fusion": "fusion_options", "fm": "fm_options",
-                "benchmark": "benchmark_options", "client_models": "model_options",
-                "engine": "engine_options", "loggers": "logger_options"}
+    def selection(self, kind: str) -> Any:
+        """The value of the field that selects components of ``kind`` (a kind's name)."""
+        return getattr(self, kinds.by_name()[kind].field)
+
+    def options_of(self, kind: str) -> dict[str, Any]:
+        """The options table of ``kind``'s components."""
+        return getattr(self, kinds.by_name()[kind].options_field)
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
-        data["client_models"] = (dict(self.client_models)
-                                 if isinstance(self.client_models, Mapping)
-                                 else list(self.client_models))
-        data["loggers"] = list(self.loggers)
+        for kind in kinds.KINDS:
+            value = getattr(self, kind.field)
+            if isinstance(value, Mapping):
+                data[kind.field] = dict(value)
+            elif isinstance(value, tuple):
+                data[kind.field] = list(value)
         return data
 
 
@@ -324,9 +195,24 @@ def _unknown_key(key: str, known: Any, where: str) -> ConfigError:
                        + ", ".join(sorted(known)), hint=hint)
 
 
+def _renamed(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with every deprecated field moved to its new place (one warning each)."""
+    out = dict(data)
+    for old, (table, key) in DEPRECATED_FIELDS.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        warnings.warn(f"{where}: {old} is deprecated, write it as [{table}] {key} = "
+                      f"{value!r} (--{table.removesuffix('_options')}-opt {key}=...)",
+                      FclkitDeprecationWarning, stacklevel=3)
+        out[table] = {key: value, **dict(out.get(table) or {})}
+    return out
+
+
 def config_from_mapping(data: Mapping[str, Any], *, where: str = "the configuration"
                         ) -> ExperimentConfig:
     """Build a config from a mapping (e.g. parsed TOML); unknown keys are errors."""
+    data = _renamed(data, where)
     for key in data:
         if key not in FIELDS:
             raise _unknown_key(key, FIELDS, where)
@@ -357,14 +243,13 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     Option tables merge key by key: ``--cl-opt ewc_lambda=5`` keeps the file's
     other ``[cl_options]``.
     """
-    data: dict[str, Any] = dict(read_toml(path)) if path is not None else {}
     where = f"config file {path}" if path is not None else "the configuration"
+    data = _renamed(read_toml(path), where) if path is not None else {}
     for key in data:
         if key not in FIELDS:
             raise _unknown_key(key, FIELDS, where)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in _renamed(given, "the command line").items():
         if key.endswith("_options") and isinstance(data.get(key), Mapping):
             data[key] = {**data[key], **value}
         else:

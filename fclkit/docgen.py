@@ -1,9 +1,12 @@
 """Generate reference pages from the code, so docs cannot drift from it.
 
-``python -m fclkit.docgen`` rewrites ``docs/configuration.md`` (from the config
-classes' help texts), ``docs/cli.md`` (from the command line's own options, the
-ones ``--help`` shows) and every ``<!-- include PATH -->`` block of ``docs/*.md``
-(the file at PATH, verbatim). Tests fail when a committed page differs from what
+``python -m fclkit.docgen [DOCS_DIR]`` rewrites ``docs/configuration.md`` (from the
+config classes' help texts), ``docs/cli.md`` (from the command line's own options,
+the ones ``--help`` shows), every ``<!-- generated NAME -->`` block of
+``docs/*.md`` (e.g. the hooks table of ``docs/plugins.md``, from the component
+kinds) and every ``<!-- include PATH -->`` block (the file at PATH, verbatim).
+``DOCS_DIR`` defaults to the ``docs`` folder of the source tree fclkit is imported
+from (never the current folder). Tests fail when a committed page differs from what
 the code generates.
 """
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import attrs
 
+from . import kinds
 from .config import FIELDS, options_help
 
 HEADER = """# Configuration reference
@@ -35,19 +39,36 @@ allowed.
 |---|---|---|
 """
 
-OPTIONS_INTRO = """
+def options_intro() -> str:
+    """The component-options section's introduction, from the kinds table."""
+    tables = ", ".join(f"`[{k.options_field}]`" for k in kinds.KINDS)
+    flags = ", ".join(f"`{k.options_flag}`" for k in kinds.KINDS)
+    several = [k for k in kinds.KINDS if k.several]
+    per_one = " ".join(
+        f"`[{k.options_field}]` keys apply to every selected {k.label} that has them; a "
+        f"sub-table `[{k.options_field}.NAME]` applies to one." for k in several)
+    return f"""
 ## Component options
 
 Each component has its own options, set in the matching table of the TOML file
-(`[cl_options]`, `[fusion_options]`, `[model_options]`, `[fm_options]`,
-`[benchmark_options]`, `[engine_options]`) or with the matching flag
-(`--cl-opt key=value`, `--fusion-opt`, `--model-opt`, `--fm-opt`,
-`--benchmark-opt`, `--engine-opt`; repeatable; values are read as TOML literals).
-`[model_options]` keys apply to every selected architecture that has them; a
-sub-table such as `[model_options.mlp]` applies to one. `fclkit plugins --options`
-lists the options of every installed component, third-party ones included.
-The built-ins:
+({tables}) or with the matching flag ({flags}: `key=value`, repeatable; values are
+read as TOML literals). {per_one} `fclkit plugins --options` lists the options of
+every installed component, third-party ones included. The built-ins:
 """
+
+
+def kinds_table() -> str:
+    """The hooks table of docs/plugins.md: one row per component kind."""
+    lines = ["| hook | registers | selected with | options |", "|---|---|---|---|"]
+    for k in kinds.KINDS:
+        names = "NAME[,NAME...]" if k.several else "NAME"
+        lines.append(f"| `{k.hook}(register)` | `fclkit.{k.interface.__name__}` subclasses "
+                     f"| `{k.flag} {names}` | `[{k.options_field}]`, `{k.options_flag}` |")
+    return "\n".join(lines) + "\n"
+
+
+#: ``<!-- generated NAME -->`` blocks of the docs and what fills them
+GENERATED = {"kinds": kinds_table}
 
 
 def _fmt(value: object) -> str:
@@ -64,7 +85,7 @@ def configuration_reference() -> str:
     lines = [HEADER.rstrip("\n")]
     for name, a in FIELDS.items():
         lines.append(f"| `{name}` | {_fmt(a.default)} | {a.metadata['help']} |")
-    lines.append(OPTIONS_INTRO.rstrip("\n"))
+    lines.append(options_intro().rstrip("\n"))
     registry = build_registry(load_entry_points=True)
     for entry in registry.all():
         if entry.distribution != "fclkit":
@@ -163,15 +184,36 @@ def refresh_includes(text: str, root: Path) -> str:
     return _INCLUDE.sub(body, text)
 
 
+_GENERATED = re.compile(r"(<!-- generated (?P<name>[a-z-]+) -->\n)(?P<body>.*?)"
+                        r"(<!-- end generated -->)", re.DOTALL)
+
+
+def refresh_generated(text: str) -> str:
+    """``text`` with every ``<!-- generated NAME -->`` block's body made anew."""
+    def body(match: re.Match[str]) -> str:
+        return match.group(1) + GENERATED[match["name"]]() + match.group(4)
+
+    return _GENERATED.sub(body, text)
+
+
+def default_docs_dir() -> Path:
+    """The ``docs`` folder of the source tree this fclkit is imported from."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    if not docs.is_dir():
+        raise SystemExit(f"fclkit is not imported from a source tree (no {docs}): "
+                         "pass the docs folder, python -m fclkit.docgen DOCS_DIR")
+    return docs
+
+
 def main() -> None:
-    docs = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs")
+    docs = Path(sys.argv[1]) if len(sys.argv) > 1 else default_docs_dir()
     (docs / "configuration.md").write_text(configuration_reference(), encoding="utf-8")
     print(f"wrote {docs / 'configuration.md'}")
     (docs / "cli.md").write_text(cli_reference(), encoding="utf-8")
     print(f"wrote {docs / 'cli.md'}")
     for page in sorted(docs.glob("*.md")):
         text = page.read_text(encoding="utf-8")
-        fresh = refresh_includes(text, docs.parent)
+        fresh = refresh_includes(refresh_generated(text), docs.parent)
         if fresh != text:
             page.write_text(fresh, encoding="utf-8")
             print(f"refreshed the included files in {page}")

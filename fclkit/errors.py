@@ -59,3 +59,8 @@ class IncompatibleComponentsError(FclkitError):
 
 class BenchmarkUnavailableError(FclkitError):
     """A benchmark whose data cannot be obtained here (for example: no internet)."""
+
+
+class FclkitDeprecationWarning(FutureWarning):
+    """A configuration or API spelling that still works and will go: the message gives the
+    new one. (A FutureWarning, so Python shows it by default.)"""

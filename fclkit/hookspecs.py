@@ -14,11 +14,15 @@ The host checks what is registered (a subclass of the right interface, a unique
 lowercase ``name``) and remembers which plugin gave it. A function marked
 ``@fclkit.hookimpl`` whose name is not a hook here is an error (so a misspelt
 hook never goes unnoticed).
+
+There is one ``register_*`` hook per component kind, made from the kinds table
+(:data:`fclkit.kinds.KINDS`; ``docs/plugins.md`` lists them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -29,72 +33,30 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 Register = Callable[[type], None]
 
-# ---------------------------------------------------------------- components
+
+def _hookspec(kind: Any) -> Callable[[Register], None]:
+    def register_hook(register: Register) -> None:
+        """(replaced by the kind's own docstring)"""
+
+    register_hook.__name__ = register_hook.__qualname__ = kind.hook
+    register_hook.__doc__ = kind.hook_doc
+    return hookspec(register_hook)
 
 
-@hookspec
-def register_strategies(register: Register) -> None:
-    """Register :class:`fclkit.ContinualStrategy` subclasses (``--cl NAME``).
+def specs() -> type:
+    """The hookspecs, one ``register_*`` hook per component kind (:data:`fclkit.kinds.KINDS`),
+    as a namespace for ``PluginManager.add_hookspecs``."""
+    from . import kinds
 
-    :param register: call ``register(StrategyClass)`` for each strategy.
-    """
-
-
-@hookspec
-def register_fusions(register: Register) -> None:
-    """Register :class:`fclkit.KnowledgeFusion` subclasses (``--fusion NAME``).
-
-    :param register: call ``register(FusionClass)`` for each fusion.
-    """
+    return type("FclkitHookspecs", (), {k.hook: staticmethod(_hookspec(k)) for k in kinds.KINDS})
 
 
-@hookspec
-def register_client_models(register: Register) -> None:
-    """Register :class:`fclkit.ClientModel` subclasses (``--client-models NAME,...``).
+def registration_hooks() -> dict[str, str]:
+    """Hook name -> the component kind it registers."""
+    from . import kinds
 
-    :param register: call ``register(ClientModelClass)`` for each small-model architecture.
-    """
-
-
-@hookspec
-def register_foundation_models(register: Register) -> None:
-    """Register :class:`fclkit.FoundationModel` subclasses (``--fm NAME``).
-
-    :param register: call ``register(FoundationModelClass)`` for each foundation model.
-    """
+    return {k.hook: k.name for k in kinds.KINDS}
 
 
-@hookspec
-def register_benchmarks(register: Register) -> None:
-    """Register :class:`fclkit.Benchmark` subclasses (``--benchmark NAME``).
-
-    :param register: call ``register(BenchmarkClass)`` for each benchmark.
-    """
-
-
-@hookspec
-def register_engines(register: Register) -> None:
-    """Register :class:`fclkit.Engine` subclasses (``--engine NAME``).
-
-    :param register: call ``register(EngineClass)`` for each execution engine.
-    """
-
-
-@hookspec
-def register_loggers(register: Register) -> None:
-    """Register :class:`fclkit.ExperimentLogger` subclasses (``--loggers NAME,...``).
-
-    :param register: call ``register(LoggerClass)`` for each metrics tracker.
-    """
-
-
-#: hook name -> component kind it registers
-REGISTRATION_HOOKS: dict[str, str] = {
-    "register_strategies": "strategy",
-    "register_fusions": "fusion",
-    "register_client_models": "client_model",
-    "register_foundation_models": "foundation_model",
-    "register_benchmarks": "benchmark",
-    "register_engines": "engine",
-    "register_loggers": "logger",
-}
+#: hook name -> component kind it registers (of the kinds table at import)
+REGISTRATION_HOOKS: dict[str, str] = registration_hooks()

@@ -8,7 +8,8 @@ CLI (``--cl-opt key=value``).
 
 When does the runtime call what? For every task ``t`` and round ``r``::
 
-    client k: Download -> ContinualStrategy.train_round(...) -> Upload
+    client k: Download -> ContinualStrategy.train_round(..., extra_losses=method's) -> Upload
+              (the fusion's ClientSide adds loss terms, trains the FM part, adds payload)
     server:   KnowledgeFusion.fuse(round_info, uploads, failures) -> FusionResult
     after the last round of a task: the core evaluates every model on every task
 
@@ -19,17 +20,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 
-from .messages import Failure, FusionResult, RoundInfo, Upload
+from .messages import Download, Failure, FusionResult, RoundInfo, Upload
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
 
+    from .config import ExperimentConfig
+    from .progress import Reporter
+    from .runtime.client import Client
     from .stream import FederatedStream, InputSpec, PublicSet, TaskData
 
 
@@ -206,6 +210,104 @@ class FusionContext:
     build_small_model: Callable[[str], torch.nn.Module]
 
 
+@attrs.frozen(eq=False)
+class ClientRound:
+    """One client's round as its method's :class:`ClientSide` sees it (built by the core)."""
+
+    client_id: int
+    round_info: RoundInfo
+    #: the task trained in this round (its training and test split)
+    task: TaskData
+    #: the client's small model (trained in place by its strategy)
+    small_model: torch.nn.Module
+    #: training settings of the run (batch size, optimiser, device, seed, ...)
+    context: TrainContext
+    #: local epochs per round
+    epochs: int
+    #: the run's foundation model with this client's trainable part loaded (None: no FM)
+    foundation_model: FoundationModel | None
+    #: the classes this client's FM part was fused on (empty: not fused yet)
+    fm_classes: tuple[int, ...]
+    #: what the server sent for this round (None: nothing new since the last round)
+    download: Download | None
+
+
+class ClientSide:
+    """The client half of a federated method: what each client does in a round besides
+    its continual-learning strategy.
+
+    A :class:`KnowledgeFusion` names its client side in its ``ClientSide`` class
+    attribute; the core builds one per client with the fusion's options
+    (``ClientSide(options)``), in whichever process the client runs, and every round
+    calls, in this order:
+
+    1. :meth:`extra_losses` -- loss terms added to every mini-batch of the small model's
+       training (the paper's FM guidance is one), when ``"small"`` is in :attr:`trains`;
+    2. :meth:`train_foundation` -- train the FM's trainable part on the client's private
+       task, when ``"fm"`` is in :attr:`trains` (an FM-side FedAvg); the trained part
+       is uploaded as ``Upload.fm_state`` and the client keeps it;
+    3. :meth:`payload` -- tensors added to the upload (``Upload.payload``: e.g.
+       outputs on the public set, class prototypes).
+
+    The default (this class) is what a plain method's clients do: train the small
+    model with the strategy and upload its weights. Whatever a client side keeps
+    between rounds goes in :meth:`state_dict`, checkpointed with the client.
+    """
+
+    #: which parts a client trains: ``"small"`` (its small model, with its strategy),
+    #: ``"fm"`` (the foundation model's trainable part), or both
+    trains: ClassVar[frozenset[str]] = frozenset({"small"})
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options
+
+    def extra_losses(self, round: ClientRound) -> Sequence[ExtraLoss]:
+        """Loss terms ``term(x, y, logits)`` added to the small model's loss in this round."""
+        return ()
+
+    def train_foundation(self, round: ClientRound) -> TrainReport:
+        """Train ``round.foundation_model``'s trainable part on ``round.task`` (in place).
+
+        Called when ``"fm"`` is in :attr:`trains`. The default: cross-entropy over
+        every class on the task's training examples, ``round.epochs`` epochs of
+        mini-batches of ``round.context.batch_size`` with Adam at ``round.context.lr``;
+        the frozen backbone runs once per round (``precompute``).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        fm = round.foundation_model
+        if fm is None:
+            raise ValueError(f"{type(self).__name__} trains the foundation model's part, and "
+                             "the run has no foundation model")
+        x, y = round.task.x_train, round.task.y_train
+        z = fm.precompute(x)
+        optimizer = torch.optim.Adam(fm.trainable_parameters(), lr=round.context.lr)
+        bs, losses = round.context.batch_size, []
+        for _ in range(round.epochs):
+            for idx in torch.randperm(len(y)).split(bs):
+                logits = fm.forward_precomputed(z[idx])
+                loss = F.cross_entropy(logits, y[idx].to(logits.device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+        return TrainReport(num_examples=len(y),
+                           loss=sum(losses) / len(losses) if losses else float("nan"),
+                           steps=len(losses))
+
+    def payload(self, round: ClientRound) -> dict[str, torch.Tensor]:
+        """Tensors added to this round's upload (``Upload.payload``); none by default."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this client side keeps between rounds (tensors and JSON-able values)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
 class KnowledgeFusion(Component):
     """Turns the clients' uploads into what each client downloads (server side)."""
 
@@ -216,6 +318,9 @@ class KnowledgeFusion(Component):
     #: True when the fusion combines small models of different architectures (it is then
     #: suggested when a homogeneous-only fusion meets heterogeneous clients).
     fuses_heterogeneous_models: ClassVar[bool] = False
+    #: The method's client half (see :class:`ClientSide`), built on every client with
+    #: this fusion's options; the default trains the small model and uploads its weights.
+    ClientSide: ClassVar[type[ClientSide]] = ClientSide
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -277,16 +382,6 @@ class Benchmark(Component):
         """
 
 
-#: The component kinds, in the order ``fclkit plugins`` shows them.
-COMPONENT_KINDS: dict[str, type[Component]] = {
-    "strategy": ContinualStrategy,
-    "fusion": KnowledgeFusion,
-    "client_model": ClientModel,
-    "foundation_model": FoundationModel,
-    "benchmark": Benchmark,
-}
-
-
 class ClientExecutor(ABC):
     """Runs the clients' side of a round somewhere (in-process, on Flower nodes, ...)."""
 
@@ -304,16 +399,16 @@ class ClientExecutor(ABC):
         self,
         task_index: int,
         downloads: Mapping[int, Any],
-        global_fm_state: Mapping[str, Any] | None,
+        global_fm: Download | None,
     ) -> dict[int, dict[str, list[float]]]:
         """Apply the last fusion's downloads, then evaluate every client.
 
         Returns, per client and per evaluated model (``small``, ``fm``,
         ``fm_global``), the accuracy on every task of the stream. Called by the
         core after the last round of every task, and once before the first task
-        (``task_index == -1``, no downloads) for forward transfer.
-        ``global_fm_state`` may carry the classes the global part was fused on under
-        ``fclkit.runtime.server.CLASSES_KEY``: pass it to ``Client.evaluate`` unchanged.
+        (``task_index == -1``, no downloads) for forward transfer. ``global_fm`` is
+        the global FM part with its classes (``Server.global_fm()``): pass it to
+        ``Client.evaluate`` unchanged.
         """
 
     def client_states(self) -> dict[int, Any] | None:
@@ -332,6 +427,33 @@ class ClientExecutor(ABC):
         """Release resources at the end of a run."""
 
 
+class EngineHost(Protocol):
+    """What an engine gets from the run (an :class:`fclkit.runtime.Experiment` is one)."""
+
+    #: the run's configuration (``fm = "auto"`` resolved)
+    config: ExperimentConfig
+    #: progress events (``client_done``, ``phase``, ``warn``, ...)
+    reporter: Reporter
+
+    def build_client(self, client_id: int) -> Client:
+        """Client ``client_id``, built from the configuration alone (any process can)."""
+        ...
+
+    def run_loop(self, executor: ClientExecutor) -> dict[str, Any]:
+        """Every task and round through ``executor``; returns the run's metrics."""
+        ...
+
+    def component_refs(self) -> list[dict[str, str]]:
+        """Where every component of the run lives (kind, name, module, qualname), so a
+        process that starts from nothing can import them."""
+        ...
+
+    def adopt(self, metrics: dict[str, Any], rows: list[dict[str, Any]],
+              failures: list[dict[str, Any]]) -> None:
+        """Report the results of a loop that ran in another process as this run's own."""
+        ...
+
+
 class Engine(Component):
     """Where the clients run. ``local`` runs them in-process; others distribute them."""
 
@@ -339,16 +461,12 @@ class Engine(Component):
         self.options = options if options is not None else self.Options()
 
     @abstractmethod
-    def run(self, experiment: Any) -> None:
-        """Drive ``experiment.run_loop(executor)`` with this engine's executor.
+    def run(self, host: EngineHost) -> None:
+        """Drive ``host.run_loop(executor)`` with this engine's :class:`ClientExecutor`.
 
-        ``experiment`` is a :class:`fclkit.runtime.Experiment`; it knows how to
-        build any client from its id (``experiment.build_client(cid)``) so an
+        ``host`` builds any client from its id (``host.build_client(cid)``), so an
         engine that runs clients in other processes can rebuild them there.
         """
-
-
-COMPONENT_KINDS["engine"] = Engine
 
 
 class ExperimentLogger(Component):
@@ -386,5 +504,3 @@ class ExperimentLogger(Component):
     def finish(self, status: str) -> None:  # noqa: B027
         """Called once at the end: ``status`` is ``finished``, ``failed`` or ``interrupted``."""
 
-
-COMPONENT_KINDS["logger"] = ExperimentLogger

@@ -38,9 +38,29 @@ class RoundInfo:
         return self.round == self.rounds_per_task - 1
 
 
+def _classes(value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"classes must be a list of integers, not {type(value).__name__}")
+    return tuple(int(c) for c in value)
+
+
+def _tensors(value: Any, what: str) -> dict[str, torch.Tensor] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping of tensors, not {type(value).__name__}")
+    return dict(value)
+
+
 @attrs.frozen(eq=False)
 class Upload:
-    """What a client sends to the server after training a round."""
+    """What a client sends to the server after training a round.
+
+    ``small_state`` is the small model's weights; ``fm_state`` the FM's trainable
+    part when the method has its clients train it (``ClientSide.trains``);
+    ``payload`` what the method's client side adds (``ClientSide.payload``: e.g.
+    outputs on the public set, class prototypes).
+    """
 
     client_id: int
     architecture: str
@@ -48,31 +68,85 @@ class Upload:
     num_examples: int
     small_state: dict[str, torch.Tensor]
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    fm_state: dict[str, torch.Tensor] | None = None
+    payload: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return state_nbytes(self.small_state)
+        return (state_nbytes(self.small_state) + state_nbytes(self.fm_state)
+                + state_nbytes(self.payload))
+
+    def to_state(self) -> dict[str, Any]:
+        """The upload as a state (tensors and JSON values) for checkpoints and the wire."""
+        return {"client_id": self.client_id, "architecture": self.architecture,
+                "classes_seen": list(self.classes_seen), "num_examples": self.num_examples,
+                "small_state": self.small_state, "fm_state": self.fm_state,
+                "payload": self.payload, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Upload:
+        """Inverse of :meth:`to_state`; a malformed state raises ``KeyError``, ``TypeError``
+        or ``ValueError`` naming the field."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"an upload must be a mapping, not {type(state).__name__}")
+        return cls(client_id=int(state["client_id"]), architecture=str(state["architecture"]),
+                   classes_seen=_classes(state["classes_seen"]),
+                   num_examples=state["num_examples"],
+                   small_state=_tensors(state["small_state"], "small_state") or {},
+                   metadata=dict(state.get("metadata") or {}),
+                   fm_state=_tensors(state.get("fm_state"), "fm_state"),
+                   payload=_tensors(state.get("payload"), "payload") or {})
 
 
 @attrs.frozen(eq=False)
 class Download:
-    """What the server sends to one client: any part may be ``None`` (unchanged)."""
+    """What the server sends to one client: any part may be ``None`` (unchanged).
+
+    ``fm_classes`` are the classes the FM part ``fm_state`` was fused on: it predicts
+    among these only (``None``: among every class). The global FM part travels as a
+    Download too (the server's :meth:`~fclkit.runtime.server.Server.global_fm`).
+    """
 
     small_state: dict[str, torch.Tensor] | None = None
     fm_state: dict[str, torch.Tensor] | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    fm_classes: tuple[int, ...] | None = None
 
     @property
     def nbytes(self) -> int:
         return state_nbytes(self.small_state) + state_nbytes(self.fm_state)
 
+    def to_state(self) -> dict[str, Any]:
+        """The download as a state (tensors and JSON values) for checkpoints and the wire."""
+        return {"small_state": self.small_state, "fm_state": self.fm_state,
+                "fm_classes": None if self.fm_classes is None else list(self.fm_classes),
+                "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> Download | None:
+        """Inverse of :meth:`to_state` (``None`` stays ``None``)."""
+        if state is None:
+            return None
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a download must be a mapping, not {type(state).__name__}")
+        classes = state.get("fm_classes")
+        return cls(small_state=_tensors(state.get("small_state"), "small_state"),
+                   fm_state=_tensors(state.get("fm_state"), "fm_state"),
+                   metadata=dict(state.get("metadata") or {}),
+                   fm_classes=None if classes is None else _classes(classes))
+
 
 @attrs.frozen(eq=False)
 class Failure:
-    """A client that did not deliver an upload in a round, and why."""
+    """A client that did not deliver an upload in a round, and why.
+
+    ``error`` is the exception, when the client raised in this process (it becomes the
+    cause of the error a run stops with; it never travels between processes).
+    """
 
     client_id: int
     reason: str
+    error: BaseException | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen(eq=False)
@@ -82,6 +156,6 @@ class FusionResult:
     downloads: dict[int, Download]
     global_fm_state: dict[str, torch.Tensor] | None = None
     #: classes the global FM part has been fused on: it predicts only among these
-    #: (None: among every class). Downloads say the same in ``metadata["fm_classes"]``.
+    #: (None: among every class), as ``Download.fm_classes`` says of a client's part.
     global_fm_classes: tuple[int, ...] | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)

@@ -15,13 +15,15 @@ training (used by forward transfer). With ``T`` tasks:
 * forward transfer      ``FWT = 1/(T-1) * sum_{j>=1} R[j-1][j] - b[j]`` (ibid.)
 
 Metrics that need two tasks are ``None`` for a one-task run. Accuracies are
-fractions in ``[0, 1]``.
+fractions in ``[0, 1]``. :func:`assemble` turns a run's evaluations into its
+``metrics.json``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 Matrix = Sequence[Sequence[float]]
 
@@ -126,3 +128,48 @@ def across_clients(per_client: Sequence[dict]) -> dict:
         *(c["forgetting_curve"] for c in per_client), strict=True)]
     out["clients"] = len(per_client)
     return out
+
+
+def mean_of_last(ev: Mapping[int, Mapping[str, Sequence[float]]], t: int) -> dict[str, float]:
+    """Per model, the mean over clients of the accuracy on tasks ``0..t`` (one evaluation)."""
+    models = next(iter(ev.values())).keys()
+    return {m: sum(sum(ev[k][m][: t + 1]) / (t + 1) for k in ev) / len(ev) for m in models}
+
+
+def assemble(initial: Mapping[int, Any], evals: Sequence[Mapping[int, Any]],
+             rows: Sequence[Mapping[str, Any]], failures: Sequence[Any], *, clients: int,
+             rounds_per_task: int, class_order: Sequence[int],
+             task_classes: Sequence[Sequence[int]], architectures: Mapping[int, str],
+             timings: Mapping[str, float]) -> dict[str, Any]:
+    """A run's ``metrics.json`` from its evaluations (``evals[i][client][model]`` = the
+    accuracy on every task after task ``i``; ``initial``: before the first task), its
+    per-round rows and its failures. See docs/results-format.md."""
+    K, T = clients, len(evals)
+    models = list(evals[-1][0].keys()) if evals else []
+    per_client: dict[str, dict[str, Any]] = {}
+    for cid in range(K):
+        per_client[str(cid)] = {}
+        for m in models:
+            matrix = [evals[i][cid][m] for i in range(T)]
+            init = initial.get(cid, {}).get(m)
+            per_client[str(cid)][m] = summarize(matrix, init)
+    mean = {m: across_clients([per_client[str(k)][m] for k in range(K)]) for m in models}
+    return {
+        "schema": "fclkit.metrics/1",
+        "accuracy_unit": "fraction of test examples classified correctly (0..1)",
+        "models": models,
+        "tasks": T, "clients": K, "rounds_per_task": rounds_per_task,
+        "class_order": list(class_order),
+        "task_classes": [list(c) for c in task_classes],
+        "architectures": {str(k): v for k, v in architectures.items()},
+        "mean": mean,
+        "per_client": per_client,
+        "communication": {
+            "bytes_up_total": sum(r["bytes_up"] for r in rows),
+            "bytes_down_total": sum(r["bytes_down"] for r in rows),
+            "per_client_round": [{k: r[k] for k in ("task", "round", "client", "bytes_up",
+                                                    "bytes_down")} for r in rows],
+        },
+        "timings_seconds": dict(timings),
+        "failures": list(failures),
+    }

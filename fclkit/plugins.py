@@ -23,9 +23,9 @@ from typing import Any
 import attrs
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, kinds
 from .errors import DuplicateComponentError, PluginError, UnknownComponentError
-from .interfaces import COMPONENT_KINDS, Component
+from .interfaces import Component
 
 ENTRY_POINT_GROUP = "fclkit"
 LOAD_PLUGINS_ENV = "FCLKIT_LOAD_PLUGINS"
@@ -59,7 +59,7 @@ class Registry:
     """Components by kind and name, plus the plugins that failed to load."""
 
     components: dict[str, dict[str, Registered]] = attrs.field(
-        factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+        factory=lambda: {kind.name: {} for kind in kinds.KINDS}
     )
     broken: list[BrokenPlugin] = attrs.field(factory=list)
     plugins: dict[str, str | None] = attrs.field(factory=dict)  # plugin -> version
@@ -69,7 +69,7 @@ class Registry:
         """Validate and add ``cls``; refuse wrong types, bad names and duplicates."""
         kind = _kind_of(cls, plugin)
         if expected_kind is not None and kind != expected_kind:
-            hook = {v: k for k, v in hookspecs.REGISTRATION_HOOKS.items()}
+            hook = {k.name: k.hook for k in kinds.KINDS}
             raise PluginError(
                 f"plugin {plugin!r} registers {cls.__qualname__} (a {kind.replace('_', ' ')}) "
                 f"through {hook[expected_kind]}; register it through {hook[kind]}")
@@ -105,16 +105,16 @@ class Registry:
         return sorted(self.components[kind])
 
     def all(self) -> Iterable[Registered]:
-        for kind in COMPONENT_KINDS:
+        for kind in self.components:
             yield from (self.components[kind][n] for n in sorted(self.components[kind]))
 
 
 def _kind_of(cls: Any, plugin: str) -> str:
     if isinstance(cls, type):
-        for kind, base in COMPONENT_KINDS.items():
-            if issubclass(cls, base):
-                return kind
-    bases = ", ".join(b.__name__ for b in COMPONENT_KINDS.values())
+        for kind in kinds.KINDS:
+            if issubclass(cls, kind.interface):
+                return kind.name
+    bases = ", ".join(k.interface.__name__ for k in kinds.KINDS)
     raise PluginError(
         f"plugin {plugin!r} registers {cls!r}, which is not a subclass of one of: {bases}",
     )
@@ -134,7 +134,7 @@ def _canonical(name: str | None) -> str:
 
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
+    pm.add_hookspecs(hookspecs.specs())
     return pm
 
 
@@ -198,7 +198,7 @@ def build_registry(
             registry.broken.append(BrokenPlugin(name, source_dist, _explain_validation(exc)))
             continue
         registry.plugins[name] = version
-        for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+        for hook_name, kind in hookspecs.registration_hooks().items():
             impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is obj]
             for impl in impls:
                 collected: list[type] = []
@@ -218,7 +218,7 @@ def build_registry(
 
 
 def _explain_validation(exc: pluggy.PluginValidationError) -> str:
-    known = ", ".join(hookspecs.REGISTRATION_HOOKS)
+    known = ", ".join(hookspecs.registration_hooks())
     return f"{exc} (fclkit hooks are: {known})"
 
 

@@ -69,7 +69,9 @@ class RichReporter(Reporter):
         self.progress.update(self._bars["tasks"], completed=task + 1, info=info)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {message}")
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
     def close(self) -> None:
         self.progress.stop()

@@ -221,6 +221,25 @@ def check_fusion(cls: Any, options: dict[str, Any] | None = None, *,
     except TypeError as exc:
         raise AssertionError(f"{cls.__name__}.state_dict() cannot be saved safely: {exc}"
                              ) from None
+    _check_client_side(cls, fusion.options)
+
+
+def _check_client_side(cls: Any, options: Any) -> None:
+    """The method's client half: a ClientSide built from the fusion's options, training a
+    known part, with a state that saves without pickle."""
+    from .interfaces import ClientSide
+
+    side = cls.ClientSide
+    assert isinstance(side, type) and issubclass(side, ClientSide), (
+        f"{cls.__name__}.ClientSide must be a subclass of fclkit.ClientSide")
+    assert side.trains and side.trains <= {"small", "fm"}, (
+        f"{side.__name__}.trains must be a non-empty subset of {{'small', 'fm'}}")
+    instance = side(options)
+    try:
+        flatten_state(instance.state_dict())
+    except TypeError as exc:
+        raise AssertionError(f"{side.__name__}.state_dict() cannot be saved safely: {exc}"
+                             ) from None
 
 
 def check_client_model(cls: Any, options: dict[str, Any] | None = None) -> None:

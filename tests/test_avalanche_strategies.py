@@ -1,4 +1,4 @@
-"""The Avalanche-backed strategies and benchmarks of the built-in plugin ``fclkit_avalanche``.
+"""The Avalanche-backed strategies and benchmarks of ``fclkit_builtins.avalanche``.
 
 Data: scikit-learn's 8x8 digits cut into 3 class-incremental tasks; model: a
 small MLP. Everything runs on the CPU in a few seconds.
@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-import fclkit_avalanche
+import fclkit_builtins.avalanche
 from fclkit.config import build_options
 from fclkit.errors import BenchmarkUnavailableError, ConfigError
 from fclkit.interfaces import StreamSpec, TrainContext
@@ -28,8 +28,8 @@ from fclkit.messages import RoundInfo
 from fclkit.plugins import build_registry
 from fclkit.serialization import flatten_state, unflatten_state
 from fclkit.stream import TaskData
-from fclkit_avalanche import strategies as S
-from fclkit_avalanche.benchmarks import BENCHMARKS, SplitMNIST
+from fclkit_builtins.avalanche import strategies as S
+from fclkit_builtins.avalanche.benchmarks import BENCHMARKS, SplitMNIST
 
 GROUPS = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
 CONTEXT = TrainContext(device="cpu", seed=0, num_classes=10, batch_size=32, lr=0.05,
@@ -48,7 +48,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def tasks() -> list[TaskData]:
-    from fclkit_digits import digits_tasks
+    from digits_tasks import digits_tasks
 
     return digits_tasks(GROUPS)
 
@@ -88,7 +88,7 @@ def plugin_of(strategy, type_name: str):
 
 
 def test_import_is_light():
-    code = ("import sys, fclkit_avalanche; "
+    code = ("import sys, fclkit_builtins.avalanche; "
             "heavy = [m for m in ('torch', 'avalanche', 'torchvision') if m in sys.modules]; "
             "assert not heavy, heavy")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -96,7 +96,7 @@ def test_import_is_light():
 
 
 def test_hooks_register_every_strategy_and_benchmark():
-    reg = build_registry([fclkit_avalanche], load_entry_points=False)
+    reg = build_registry([fclkit_builtins.avalanche], load_entry_points=False)
     assert set(reg.names("strategy")) >= {
         "naive", "ewc", "lwf", "replay", "si", "mas", "agem", "gem", "der"}
     assert set(reg.names("benchmark")) >= {

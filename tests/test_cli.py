@@ -110,3 +110,17 @@ def test_cli_run_writes_results(tmp_path):
     assert "Final metrics" in res.output and "Accuracy matrix" in res.output
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["complete"] and metrics["tasks"] == 2
+
+
+def test_an_old_config_file_runs_with_a_one_line_deprecation_warning(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('fusion = "fedavg"\nguidance_weight = 1.0\nclients = 2\ntasks = 2\n'
+                    'rounds = 1\nepochs = 1\nloggers = "none"\n')
+    result = runner.invoke(app, ["run", "--config", str(path), "-q", "--output",
+                                 str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    assert ("warning: config file " in shown and "guidance_weight is deprecated, write it as "
+            "[fusion_options] guidance_weight = 1.0" in shown)
+    assert "fusion_options.guidance_weight is ignored: fusion 'fedavg' has no such option" \
+        in shown

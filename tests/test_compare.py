@@ -53,8 +53,8 @@ def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, 
                                      output=str(tmp_path), name="r")
     run_dir = fclkit.run(config).run_dir
     compare.check_reusable(run_dir, config)  # the same configuration: reused
-    with pytest.raises(SystemExit, match="guidance_weight: 1.0 there, 0.5 now"):
-        compare.check_reusable(run_dir, config.evolve(guidance_weight=0.5))
+    with pytest.raises(SystemExit, match="epochs: 1 there, 2 now"):
+        compare.check_reusable(run_dir, config.evolve(epochs=2))
     with pytest.raises(SystemExit, match="client_models: \\['mlp'\\] there, \\['cnn'\\] now"):
         compare.check_reusable(run_dir, config.evolve(client_models="cnn"))
     compare.check_reusable(run_dir, config.evolve(client_models="mlp"))  # = what 'auto' gave
@@ -78,7 +78,7 @@ def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, 
     compare.check_reusable(run_dir, config)
     with pytest.raises(SystemExit, match="grad_clip: '\\(absent\\)' there, 5.0 now"):
         compare.check_reusable(run_dir, config.evolve(grad_clip=5.0))
-    del saved["guidance_examples"]  # a config field the run's fclkit did not have
+    del saved["public_labels"]  # a config field the run's fclkit did not have
     (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
-    with pytest.raises(SystemExit, match="guidance_examples: '\\(absent\\)' there"):
+    with pytest.raises(SystemExit, match="public_labels: '\\(absent\\)' there"):
         compare.check_reusable(run_dir, config)

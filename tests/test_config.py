@@ -144,3 +144,44 @@ def test_per_client_architectures():
         ExperimentConfig(client_models={"first": "mlp"})
     with pytest.raises(ConfigError, match="architecture name"):
         ExperimentConfig(client_models={"0": 3})
+
+
+def test_the_old_guidance_fields_still_load_as_fusion_options(tmp_path):
+    """guidance_* moved from the config into one-by-one's options: an old TOML keeps
+    working, with a one-line warning that gives the new spelling."""
+    from fclkit.errors import FclkitDeprecationWarning
+
+    path = tmp_path / "old.toml"
+    path.write_text('guidance_weight = 0.5\nguidance_examples = "all"\n'
+                    '[fusion_options]\nepochs = 2\n')
+    with pytest.warns(FclkitDeprecationWarning,
+                      match=r"guidance_weight is deprecated, write it as \[fusion_options\] "
+                            r"guidance_weight = 0.5"):
+        config = load_config(path)
+    assert config.fusion_options == {"guidance_weight": 0.5, "guidance_examples": "all",
+                                     "epochs": 2}
+    with pytest.warns(FclkitDeprecationWarning):  # a CLI override is moved the same way
+        assert load_config(None, {"guidance_weight": 0.0}).fusion_options == {
+            "guidance_weight": 0.0}
+
+
+def test_an_old_guidance_field_is_ignored_by_a_fusion_without_guidance():
+    """With fedavg the old field had no effect, and so it is dropped with a warning."""
+    from fclkit.plugins import build_registry
+    from fclkit.progress import Reporter
+    from fclkit.runtime.experiment import Experiment
+
+    warned = []
+
+    class Recorder(Reporter):
+        def warn(self, message: str) -> None:
+            warned.append(message)
+
+    config = ExperimentConfig(fusion="fedavg", fusion_options={"guidance_weight": 1.0})
+    experiment = Experiment(config, build_registry(), Recorder())
+    assert attrs.asdict(experiment.components.one("fusion").options) == {
+        "weighting": "examples", "aggregation": "mean", "trim_fraction": 0.1}
+    assert warned == ["fusion_options.guidance_weight is ignored: fusion 'fedavg' has no "
+                      "such option"]
+    with pytest.raises(ConfigError, match="fusion 'fedavg' has no option 'epochs'"):
+        Experiment(config.evolve(fusion_options={"epochs": 2}), build_registry())

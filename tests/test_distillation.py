@@ -1,8 +1,8 @@
-"""fclkit.distillation: the KD terms shared by client guidance and server fusion."""
+"""one-by-one's distillation: the KD terms shared by its client guidance and its fusion."""
 
 import torch
 
-from fclkit.distillation import kd_loss, kd_loss_to_targets, soft_targets
+from fclkit_builtins.one_by_one.distillation import kd_loss, kd_loss_to_targets, soft_targets
 
 
 def test_row_weights_scale_each_rows_kl_before_the_mean():

@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from fclkit import hookspecs
-from fclkit.docgen import cli_reference, configuration_reference, refresh_includes
+from fclkit.docgen import (
+    cli_reference,
+    configuration_reference,
+    refresh_generated,
+    refresh_includes,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -49,6 +54,17 @@ def test_included_files_are_verbatim(page):
     text = (DOCS / page).read_text()
     assert refresh_includes(text, DOCS.parent) == text, (
         f"docs/{page} quotes a file that changed since: run `python -m fclkit.docgen`")
+    assert refresh_generated(text) == text, (
+        f"docs/{page} has a generated block that is stale: run `python -m fclkit.docgen`")
+
+
+def test_the_hooks_table_is_generated_from_the_kinds():
+    from fclkit import kinds
+
+    text = (DOCS / "plugins.md").read_text()
+    assert "<!-- generated kinds -->" in text
+    for kind in kinds.KINDS:
+        assert f"| `{kind.hook}(register)` |" in text
 
 
 def test_plugin_tutorial_quotes_every_file_of_the_example_package():

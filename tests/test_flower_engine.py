@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 
 import fclkit
-import fclkit_flower
+import fclkit_builtins.flower
 from fclkit.interfaces import ContinualStrategy, Engine, TrainReport
+from fclkit_builtins.flower.engine import FlowerEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -113,6 +114,22 @@ class FailingSGD(MomentumSGD):
         return report
 
 
+class NaNSGD(MomentumSGD):
+    """Client 1's weights turn NaN in the second round of the first task."""
+
+    name = "test-nan-sgd"
+    client_id = -1  # set by the test (see _tell_strategies_their_client)
+
+    def train_round(self, task, *, round_info, epochs, extra_losses: Sequence = ()):
+        import torch
+
+        report = super().train_round(task, round_info=round_info, epochs=epochs)
+        if (round_info.task, round_info.round, self.client_id) == (0, 1, 1):
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return report
+
+
 class InProcessGrid:
     """A Flower Grid whose nodes run the ClientApp in this process (no Ray, no network).
 
@@ -175,15 +192,15 @@ class InProcessFlower(Engine):
     """The flower engine's executor over an :class:`InProcessGrid`."""
 
     name = "test-flower-inprocess"
-    Options = fclkit_flower.FlowerEngine.Options
+    Options = FlowerEngine.Options
     silent: dict[str, tuple[int, ...]] = {}
     state_dir: Path | None = None
     restart_after = ""
     last_grid: Any = None
 
     def run(self, experiment: Any) -> None:
-        from fclkit_flower.apps import client_app
-        from fclkit_flower.executor import FlowerExecutor
+        from fclkit_builtins.flower.client_app import client_app
+        from fclkit_builtins.flower.executor import FlowerExecutor
 
         cls = type(self)
         grid = InProcessGrid(client_app, experiment.config.clients, cls.silent, cls.state_dir,
@@ -195,14 +212,14 @@ class InProcessFlower(Engine):
 
 def _run(config: fclkit.ExperimentConfig, **kwargs: Any) -> Any:
     kwargs.setdefault("write_results", False)
-    return fclkit.run(config, plugins=[fclkit_flower], **kwargs)
+    return fclkit.run(config, plugins=[fclkit_builtins.flower], **kwargs)
 
 
 # -------------------------------------------------------------- import / errors
 
 
 def test_plugin_import_is_light():
-    code = ("import sys, fclkit_flower\n"
+    code = ("import sys, fclkit_builtins.flower\n"
             "print(sorted(m for m in ('flwr', 'ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
                          text=True, timeout=60, check=True)
@@ -213,11 +230,11 @@ def test_missing_flower_stops_at_once_with_one_line(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["flwr"] = None  # as if Flower were not installed
-        import fclkit, fclkit_flower
+        import fclkit, fclkit_builtins.flower
         config = fclkit.ExperimentConfig(engine="flower", clients=2, tasks=2,
                                          output={str(tmp_path / "runs")!r})
         try:
-            fclkit.run(config, plugins=[fclkit_flower])
+            fclkit.run(config, plugins=[fclkit_builtins.flower])
         except fclkit.FclkitError as exc:
             print(repr(str(exc)))
             print("stream" if "sklearn" in sys.modules else "nothing loaded")
@@ -238,7 +255,7 @@ def test_flower_engine_is_registered_with_documented_options():
 
     from fclkit.plugins import build_registry
 
-    entry = build_registry(extra_plugins=[fclkit_flower]).get("engine", "flower")
+    entry = build_registry(extra_plugins=[fclkit_builtins.flower]).get("engine", "flower")
     fields = attrs.fields(entry.cls.Options)
     assert {"mode", "num_cpus_per_client", "num_gpus_per_client", "superlink"} <= {
         a.name for a in fields}
@@ -251,7 +268,7 @@ def test_flower_engine_is_registered_with_documented_options():
 def test_codec_round_trips_nested_states_exactly():
     import torch
 
-    from fclkit_flower.codec import decode, encode
+    from fclkit_builtins.flower.codec import decode, encode
 
     state = {"w": torch.randn(3, 4), "steps": [torch.arange(5), {"h": torch.randn(2).bfloat16(),
                                                                     "lr": 0.5, "none": None}],
@@ -278,7 +295,7 @@ def test_in_process_flower_matches_local_and_prunes_other_clients_data():
     pruned = _run(config.evolve(engine="test-flower-inprocess",
                                 engine_options={"mode": "deployment"}), components=parts)
     assert pruned.metrics["per_client"] == local.metrics["per_client"]
-    from fclkit_flower.apps import _EXPERIMENTS
+    from fclkit_builtins.flower.client_app import _EXPERIMENTS
 
     pruned_nodes = [e for e in _EXPERIMENTS.values() if e.server is None]
     assert len(pruned_nodes) == 2
@@ -292,8 +309,8 @@ def test_in_process_flower_matches_local_and_prunes_other_clients_data():
     assert {"fclkit.client", "fclkit.client.arrays"} <= set(state.keys())
 
 
-@needs_flower
-def test_a_failing_client_is_recorded_and_rolled_back_like_local(monkeypatch):
+def _local_and_flower(monkeypatch: Any, strategy: type) -> tuple[Any, Any]:
+    """The same run of ``strategy`` (told its client id) on the local and the Flower engine."""
     from fclkit.runtime.experiment import Experiment
 
     build_client = Experiment.build_client
@@ -304,12 +321,28 @@ def test_a_failing_client_is_recorded_and_rolled_back_like_local(monkeypatch):
         return client
 
     monkeypatch.setattr(Experiment, "build_client", _tell_strategies_their_client)
-    config = fclkit.ExperimentConfig(cl="test-failing-sgd", **TINY)
-    parts = [FailingSGD, InProcessFlower]
+    config = fclkit.ExperimentConfig(cl=strategy.name, **TINY)
+    parts = [strategy, InProcessFlower]
     local = _run(config, components=parts)
-    flower = _run(config.evolve(engine="test-flower-inprocess"), components=parts)
+    return local, _run(config.evolve(engine="test-flower-inprocess"), components=parts)
+
+
+@needs_flower
+def test_a_failing_client_is_recorded_and_rolled_back_like_local(monkeypatch):
+    local, flower = _local_and_flower(monkeypatch, FailingSGD)
     assert [f["client"] for f in flower.metrics["failures"]] == [1]
     assert "disk full on client 1" in flower.metrics["failures"][0]["reason"]
+    assert flower.metrics["failures"] == local.metrics["failures"]
+    assert flower.metrics["per_client"] == local.metrics["per_client"]
+
+
+@needs_flower
+def test_a_node_rolls_back_a_rejected_update_like_local(monkeypatch):
+    """The node runs the core's client guard: a NaN update is rejected and the client
+    rolled back there, so the rest of the run is the local engine's."""
+    local, flower = _local_and_flower(monkeypatch, NaNSGD)
+    assert [f["client"] for f in flower.metrics["failures"]] == [1]
+    assert "non-finite" in flower.metrics["failures"][0]["reason"]
     assert flower.metrics["failures"] == local.metrics["failures"]
     assert flower.metrics["per_client"] == local.metrics["per_client"]
 
@@ -504,8 +537,7 @@ def test_deployment_on_a_superlink_and_two_supernodes(flower_federation, monkeyp
 
 def test_simulation_starts_its_own_ray_unless_given_an_address():
     """A stale /tmp/ray/ray_current_cluster must not make Ray join a dead cluster."""
-    from fclkit_flower import FlowerEngine
-    from fclkit_flower.simulation import backend_config
+    from fclkit_builtins.flower.simulation import backend_config
 
     local = backend_config(FlowerEngine.Options())
     assert local["init_args"]["address"] == "local" and "num_cpus" in local["init_args"]

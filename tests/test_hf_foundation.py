@@ -13,7 +13,7 @@ import torch
 from fclkit.errors import ConfigError, FclkitError
 from fclkit.stream import InputSpec
 from fclkit.text import encode_texts, text_input_spec
-from fclkit_hf.hf import HuggingFaceFM
+from fclkit_builtins.hf.hf import HuggingFaceFM
 
 SENTENCES = ["The weather is nice today.", "Das Wetter ist heute schön.",
              "Il fait beau aujourd'hui.", "Hoy hace buen tiempo.",
@@ -243,7 +243,7 @@ def test_importing_the_plugins_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, fclkit_hf, fclkit_text, fclkit_vision; "
+    code = ("import sys, fclkit_builtins.hf, fclkit_builtins.text, fclkit_builtins.vision; "
             "heavy = {'torch', 'transformers', 'peft', 'faker', 'mlxtend'} & set(sys.modules); "
             "assert not heavy, heavy")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -251,10 +251,11 @@ def test_importing_the_plugins_stays_light():
 
 
 def test_the_registry_finds_the_foundation_models():
-    import fclkit_hf
-    import fclkit_vision
+    import fclkit_builtins.hf
+    import fclkit_builtins.vision
     from fclkit.plugins import build_registry
 
-    registry = build_registry(extra_plugins=[fclkit_hf, fclkit_vision], load_entry_points=False)
+    registry = build_registry(extra_plugins=[fclkit_builtins.hf, fclkit_builtins.vision],
+                              load_entry_points=False)
     assert {"hf", "efficientnet-lite"} <= set(registry.names("foundation_model"))
     assert not registry.broken

@@ -26,7 +26,8 @@ def test_method_run_evaluates_small_personalised_and_global_models(base):
 
 def test_guidance_weight_zero_turns_guidance_off(base):
     """Without guidance, one-by-one sends the small models nothing: they train alone."""
-    off = fclkit.run(base.evolve(guidance_weight=0.0), write_results=False)
+    off = fclkit.run(base.evolve(fusion_options={"guidance_weight": 0.0}),
+                     write_results=False)
     alone = fclkit.run(base.evolve(fusion="isolated"), write_results=False)
     on = fclkit.run(base, write_results=False)
     for cid in (0, 1):
@@ -69,7 +70,7 @@ def test_personalised_parts_differ_and_carry_their_classes(base):
     exp, fusion = _fusion(base, epochs=2)
     result = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])
     d0, d1 = result.downloads[0], result.downloads[1]
-    assert isinstance(d0, Download) and d0.metadata["fm_classes"] == [0, 1, 2]
+    assert isinstance(d0, Download) and d0.fm_classes == (0, 1, 2)
     assert any((d0.fm_state[k] != d1.fm_state[k]).any() for k in d0.fm_state)
     assert result.global_fm_state is not None
 
@@ -169,9 +170,10 @@ def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode)
     of classes the FM does not know are guided in every mode."""
     import torch
 
-    from fclkit.distillation import kd_loss
+    from fclkit.messages import RoundInfo
+    from fclkit_builtins.one_by_one.distillation import kd_loss
 
-    exp, _ = _fusion(base.evolve(guidance_examples=mode))
+    exp, _ = _fusion(base, guidance_examples=mode)
     client = exp.build_client(0)
     fm = exp.foundation_model
     client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
@@ -179,13 +181,14 @@ def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode)
     with torch.no_grad():
         teacher = fm.forward(x)
     fm_pred = teacher[:, :2].argmax(1)
-    term = client.extra_losses(None)[0]
+    (term,) = client.method.extra_losses(client.round(RoundInfo(0, 0, 1)))
     small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
     # labels contradicting the FM everywhere: nothing is guided
     wrong = 1 - fm_pred
     assert term(x, wrong, small).item() == 0.0
     # labels the FM gets right: guided like 'all' (small model is uniform, so FM is better)
-    exact = kd_loss(small, teacher, client.guidance_temperature, torch.tensor([0, 1]))
+    exact = kd_loss(small, teacher, client.method.options.guidance_temperature,
+                    torch.tensor([0, 1]))
     assert term(x, fm_pred, small).item() == pytest.approx(exact.item())
     # a class the FM does not know yet (5): guided, as in 'all'
     unknown = torch.full((8,), 5)

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 from fclkit.interfaces import StreamSpec
 from fclkit.stream import InputSpec
-from fclkit_digits import load_digits
-from fclkit_text.langid import LangIDBenchmark
-from fclkit_text.models import TEXT_MODELS
-from fclkit_vision.models import IMAGE_MODELS
+from fclkit_builtins.digits.benchmark import load_digits
+from fclkit_builtins.text.langid import LangIDBenchmark
+from fclkit_builtins.text.models import TEXT_MODELS
+from fclkit_builtins.vision.models import IMAGE_MODELS
 
 LR, MOMENTUM, BATCH = 0.05, 0.9, 16  # fclkit's defaults (fclkit.config)
 

@@ -6,7 +6,7 @@ import torch
 from fclkit.errors import ConfigError
 from fclkit.interfaces import StreamSpec
 from fclkit.text import decode_texts
-from fclkit_text.langid import DEFAULT_LANGUAGES, LANGUAGES, LangIDBenchmark
+from fclkit_builtins.text.langid import DEFAULT_LANGUAGES, LANGUAGES, LangIDBenchmark
 
 
 def spec(seed=0, clients=3, tasks=5, public_fraction=0.1):
@@ -103,9 +103,9 @@ def test_languages_option_is_validated_and_accepts_all():
 
 
 def test_the_registry_finds_the_text_components():
-    import fclkit_text
+    import fclkit_builtins.text
     from fclkit.plugins import build_registry
 
-    registry = build_registry(extra_plugins=[fclkit_text], load_entry_points=False)
+    registry = build_registry(extra_plugins=[fclkit_builtins.text], load_entry_points=False)
     assert "langid" in registry.names("benchmark")
     assert {"text-bow", "text-cnn", "text-gru"} <= set(registry.names("client_model"))

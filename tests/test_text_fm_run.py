@@ -7,12 +7,12 @@ import fclkit
 
 @pytest.mark.slow
 def test_langid_run_with_minilm_and_one_by_one(tmp_path, plain_sgd, monkeypatch):
-    import fclkit_hf
-    import fclkit_text
+    import fclkit_builtins.hf
+    import fclkit_builtins.text
     from fclkit.plugins import build_registry
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    registry = build_registry(extra_plugins=[fclkit_text, fclkit_hf])
+    registry = build_registry(extra_plugins=[fclkit_builtins.text, fclkit_builtins.hf])
     if "one-by-one" not in registry.names("fusion"):
         pytest.skip("the one-by-one fusion plugin is not installed")
     config = fclkit.ExperimentConfig(

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fclkit.interfaces import StreamSpec
-from fclkit_text.langid import LangIDBenchmark
-from fclkit_text.models import TEXT_MODELS
+from fclkit_builtins.text.langid import LangIDBenchmark
+from fclkit_builtins.text.models import TEXT_MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

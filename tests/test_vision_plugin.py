@@ -8,9 +8,9 @@ import torch
 from fclkit.errors import ConfigError, FclkitError
 from fclkit.interfaces import StreamSpec
 from fclkit.stream import InputSpec
-from fclkit_vision.efficientnet import EfficientNetLiteFM
-from fclkit_vision.mnist import MNISTBenchmark
-from fclkit_vision.models import IMAGE_MODELS
+from fclkit_builtins.vision.efficientnet import EfficientNetLiteFM
+from fclkit_builtins.vision.mnist import MNISTBenchmark
+from fclkit_builtins.vision.models import IMAGE_MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,10 +68,10 @@ def test_image_models_fit_any_size_and_train(cls, mnist):
 
 
 def test_the_registry_finds_the_vision_components():
-    import fclkit_vision
+    import fclkit_builtins.vision
     from fclkit.plugins import build_registry
 
-    registry = build_registry(extra_plugins=[fclkit_vision], load_entry_points=False)
+    registry = build_registry(extra_plugins=[fclkit_builtins.vision], load_entry_points=False)
     assert "mnist" in registry.names("benchmark")
     assert {"lenet", "resnet8"} <= set(registry.names("client_model"))
     assert "efficientnet-lite" in registry.names("foundation_model")

@@ -1,16 +1,25 @@
-"""A client: its private task stream, its small model, its strategy, its view of the FM."""
+"""A client: its private task stream, its small model, its strategy, its method's client
+side, its view of the FM -- and the one guard every engine runs a client's round under.
+
+Every engine (in-process, a Flower node, a Ray actor) runs a round with
+:meth:`Client.fit_guarded`: the round is tried, timed, its upload validated, and
+the client rolled back to its state before the round when any of these fails, so
+a faulty or diverged client takes part again, cleanly, in the next round.
+"""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..interfaces import ContinualStrategy, FoundationModel
-from ..messages import Download, RoundInfo, Upload
+import attrs
+
+from ..interfaces import ClientRound, ClientSide, ContinualStrategy, FoundationModel, TrainReport
+from ..messages import Download, Failure, RoundInfo, Upload
 from ..stream import ClientStream
 from .seeding import derive_seed
-from .server import split_fm_classes
 
 EVAL_BATCH = 512
 
@@ -45,33 +54,47 @@ def _restricted(forward: Any, classes: list[int] | None) -> Any:
     return masked
 
 
+@attrs.frozen(eq=False)
+class RoundOutcome:
+    """What :meth:`Client.fit_guarded` gives an engine.
+
+    ``upload`` is what the engine passes on to the core (which validates it again and
+    records a rejection); ``failure`` is set instead when the round raised or ran out
+    of time. When the validator rejected the upload, ``rejected`` holds why and the
+    client has been rolled back.
+    """
+
+    upload: Upload | None
+    failure: Failure | None = None
+    rejected: str | None = None
+
+
 class Client:
     """Everything one client holds. All of it can be saved with :meth:`state_dict`."""
 
     def __init__(self, client_id: int, stream: ClientStream, architecture: str,
                  model: Any, strategy: ContinualStrategy, *, epochs: int, seed: int,
-                 device: str, foundation_model: FoundationModel | None = None,
-                 fm_state: Mapping[str, Any] | None = None, guidance_weight: float = 0.0,
-                 guidance_temperature: float = 2.0, guidance_examples: str = "fm-better") -> None:
+                 device: str, method: ClientSide | None = None,
+                 foundation_model: FoundationModel | None = None,
+                 fm_state: Mapping[str, Any] | None = None, validator: Any = None) -> None:
         self.client_id = client_id
         self.stream = stream
         self.architecture = architecture
         self.model = model
         self.strategy = strategy
+        #: the client half of the run's federated method (the fusion's ``ClientSide``)
+        self.method = method if method is not None else ClientSide()
         self.epochs = epochs
         self.seed = seed
         self.device = device
         self.foundation_model = foundation_model
         self.fm_state = dict(fm_state) if fm_state is not None else None
         self.classes_seen: set[int] = set()
-        self.guidance_weight = guidance_weight
-        self.guidance_temperature = guidance_temperature
-        self.guidance_examples = guidance_examples
         #: classes the personalised FM part has been fused on: it predicts among these only
-        #: and its guidance covers only these (empty: every class, and no guidance)
+        #: (empty: every class)
         self.fm_classes: list[int] = []
-        #: False when the fusion asks for no guidance (``metadata["fm_guidance"]``)
-        self.fm_guidance = True
+        #: checks this client's uploads (``UpdateValidator``; None: no check here)
+        self.validator = validator
 
     # ------------------------------------------------------------ messages
 
@@ -83,11 +106,14 @@ class Client:
             self.model.load_state_dict(download.small_state)
         if download.fm_state is not None:
             self.fm_state = dict(download.fm_state)
-            self.fm_classes = sorted(download.metadata.get("fm_classes", []))
-            self.fm_guidance = bool(download.metadata.get("fm_guidance", True))
+            self.fm_classes = sorted(download.fm_classes or ())
 
     def fit(self, round_info: RoundInfo, download: Download | None) -> Upload:
-        """Apply ``download``, train one round on the current task, return the upload."""
+        """Apply ``download``, train one round on the current task, return the upload.
+
+        What is trained is the method's to say (``ClientSide.trains``): the small model
+        with the strategy and the method's extra loss terms, and/or the FM's part.
+        """
         import torch
 
         self.apply(download)
@@ -95,8 +121,23 @@ class Client:
         torch.manual_seed(derive_seed(self.seed, "fit", self.client_id, round_info.task,
                                       round_info.round))
         started = time.perf_counter()
-        report = self.strategy.train_round(task, round_info=round_info, epochs=self.epochs,
-                                           extra_losses=self.extra_losses(task))
+        method = self.method
+        current = self.round(round_info, download)
+        report = TrainReport(num_examples=len(task.y_train))
+        if "small" in method.trains:
+            report = self.strategy.train_round(task, round_info=round_info,
+                                               epochs=self.epochs,
+                                               extra_losses=list(method.extra_losses(current)))
+        fm_state = None
+        if "fm" in method.trains:
+            if self.foundation_model is None:
+                raise RuntimeError(f"the method's client side ({type(method).__name__}) trains "
+                                   "the foundation model's part, and this run has none")
+            fm_report = method.train_foundation(current)
+            self.fm_state = fm_state = self.foundation_model.trainable_state()
+            if "small" not in method.trains:
+                report = fm_report
+        payload = dict(method.payload(current))
         seconds = time.perf_counter() - started
         self.model.zero_grad(set_to_none=True)  # gradients are not state: free them
         self.classes_seen.update(task.classes)
@@ -107,61 +148,66 @@ class Client:
             metadata={"task": round_info.task, "round": round_info.round,
                       "task_classes": list(task.classes),
                       "train_loss": report.loss, "steps": report.steps,
-                      "train_seconds": seconds})
+                      "train_seconds": seconds},
+            fm_state=fm_state, payload=payload)
 
-    def extra_losses(self, task: Any) -> list:
-        """Loss terms added to the strategy's loss: the foundation model's guidance.
-
-        Small Model Continual Fine-tuning: the small model also distils the
-        client's personalised FM (``guidance_weight * tau^2 * KL(p_FM || p_small)``),
-        restricted to the classes that FM part has been fused on (none before the
-        first fusion, so no guidance then). ``guidance_examples`` uses each
-        example's label to skip where the FM would mislead: ``"fm-correct"`` keeps
-        the examples the FM classifies correctly, ``"fm-better"`` those where the FM
-        gives the true class more probability than the small model does (examples
-        of classes the FM does not know are kept in both): each skipped example
-        gets weight 0 in the batch mean, each kept one the same weight as in ``"all"``. The FM's
-        backbone features are cached by the FM, so the guidance costs a head pass
-        per mini-batch.
-        """
+    def round(self, round_info: RoundInfo, download: Download | None = None) -> ClientRound:
+        """This client's round as its method sees it; loads the client's FM part into the
+        (shared) foundation model."""
         fm = self.foundation_model
-        if (fm is None or self.guidance_weight == 0 or self.fm_state is None
-                or not self.fm_classes or not self.fm_guidance):
-            return []
-        import torch
+        if fm is not None and self.fm_state is not None:
+            fm.load_trainable_state(self.fm_state)
+        return ClientRound(
+            client_id=self.client_id, round_info=round_info,
+            task=self.stream.tasks[round_info.task], small_model=self.model,
+            context=self.strategy.context, epochs=self.epochs, foundation_model=fm,
+            fm_classes=tuple(self.fm_classes), download=download)
 
-        from ..distillation import kd_loss_to_targets, soft_targets
+    def fit_guarded(self, round_info: RoundInfo, download: Download | None, *,
+                    timeout: float = 0.0) -> RoundOutcome:
+        """:meth:`fit` under the guard every engine uses.
 
-        fm.load_trainable_state(self.fm_state)
-        classes = torch.tensor(self.fm_classes, dtype=torch.long)
-        weight, tau = self.guidance_weight, self.guidance_temperature
+        A round that raises, takes longer than ``timeout`` seconds (0: no limit), or
+        whose upload the validator rejects (e.g. NaN weights) rolls the client back to
+        its state before the round, with ``download`` applied. Nothing here can stop a
+        running Python function: a slow round is detected when it returns.
+        """
+        before = self._snapshot()
+        started = time.perf_counter()
+        try:
+            upload = self.fit(round_info, download)
+        except Exception as exc:  # one client's failure must not stop the round
+            self._roll_back(before, download)
+            return RoundOutcome(None, Failure(self.client_id, f"{type(exc).__name__}: {exc}",
+                                              error=exc))
+        took = time.perf_counter() - started
+        if timeout and took > timeout:
+            self._roll_back(before, download)
+            return RoundOutcome(None, Failure(
+                self.client_id, f"exceeded the time limit of {timeout:g}s (took {took:.1f}s)"))
+        reason = None if self.validator is None else self.validator.check(upload)
+        if reason is not None:
+            self._roll_back(before, download)
+        return RoundOutcome(upload, rejected=reason)
 
-        mode = self.guidance_examples
+    def _snapshot(self) -> dict[str, Any]:
+        """The state before a round. :meth:`state_dict` already copies the model; the
+        strategy's and the method's state may hold live tensors (replay buffer, EWC
+        importances, optimiser moments), so those are deep-copied."""
+        state = self.state_dict()
+        state["strategy"] = copy.deepcopy(state["strategy"])
+        state["method"] = copy.deepcopy(state["method"])
+        return state
 
-        def fm_guidance(x: Any, y: Any, logits: Any) -> Any:
-            with torch.no_grad():
-                teacher = fm.forward(x).to(logits.device)
-            targets = soft_targets(teacher, tau, classes)
-            if mode == "all":
-                return weight * kd_loss_to_targets(logits, targets, tau, classes)
-            cols, y = classes.to(logits.device), y.to(logits.device)
-            fm_probs = teacher.index_select(1, cols).softmax(dim=1)
-            if mode == "fm-better":  # p(true class): FM against the small model
-                hit = cols.unsqueeze(0) == y.unsqueeze(1)
-                small_probs = logits.detach().index_select(1, cols).softmax(dim=1)
-                helps = (fm_probs * hit).sum(1) > (small_probs * hit).sum(1)
-            else:  # "fm-correct"
-                helps = cols[fm_probs.argmax(dim=1)] == y
-            keep = ~torch.isin(y, cols) | helps  # classes the FM does not know: always
-            return weight * kd_loss_to_targets(logits, targets, tau, classes,
-                                               weights=keep.float())
-
-        return [fm_guidance]
+    def _roll_back(self, before: dict[str, Any], download: Download | None) -> None:
+        self.load_state_dict(before)
+        self.apply(download)
 
     # ---------------------------------------------------------- evaluation
 
-    def evaluate(self, global_fm_state: Mapping[str, Any] | None) -> dict[str, list[float]]:
-        """Accuracy of every model this client can evaluate, on every task of its stream."""
+    def evaluate(self, global_fm: Download | None) -> dict[str, list[float]]:
+        """Accuracy of every model this client can evaluate, on every task of its stream:
+        its small model, its FM part (``fm``) and the global FM part (``fm_global``)."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -174,10 +220,9 @@ class Client:
                 fm.load_trainable_state(self.fm_state)
                 forward = _restricted(fm.forward, self.fm_classes)
                 out["fm"] = [self._acc(forward, t) for t in self.stream.tasks]
-            state, classes = split_fm_classes(global_fm_state)
-            if state is not None:
-                fm.load_trainable_state(state)
-                forward = _restricted(fm.forward, classes)
+            if global_fm is not None and global_fm.fm_state is not None:
+                fm.load_trainable_state(global_fm.fm_state)
+                forward = _restricted(fm.forward, list(global_fm.fm_classes or ()))
                 out["fm_global"] = [self._acc(forward, t) for t in self.stream.tasks]
         return out
 
@@ -191,20 +236,21 @@ class Client:
     # ------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild this client elsewhere (model, strategy, FM part)."""
+        """Everything needed to rebuild this client elsewhere (model, strategy, method's
+        client side, FM part)."""
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "strategy": self.strategy.state_dict(),
+            "method": self.method.state_dict(),
             "fm_state": self.fm_state,
             "fm_classes": list(self.fm_classes),
-            "fm_guidance": self.fm_guidance,
             "classes_seen": sorted(self.classes_seen),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
+        self.method.load_state_dict(state.get("method") or {})
         self.fm_state = dict(state["fm_state"]) if state.get("fm_state") is not None else None
         self.classes_seen = set(state.get("classes_seen", []))
         self.fm_classes = list(state.get("fm_classes", []))
-        self.fm_guidance = bool(state.get("fm_guidance", True))

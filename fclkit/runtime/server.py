@@ -6,19 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..interfaces import KnowledgeFusion
-from ..messages import Failure, FusionResult, RoundInfo, Upload
-
-#: key under which :meth:`Server.global_fm` passes the global part's classes to the
-#: clients' evaluation (a long tensor inside the state dict, so every engine carries it)
-CLASSES_KEY = "fclkit.fm_classes"
-
-
-def split_fm_classes(state: Any) -> tuple[Any, list[int] | None]:
-    """(the state without :data:`CLASSES_KEY`, its classes or None)."""
-    if state is None or CLASSES_KEY not in state:
-        return state, None
-    rest = {k: v for k, v in state.items() if k != CLASSES_KEY}
-    return rest, [int(c) for c in state[CLASSES_KEY].tolist()]
+from ..messages import Download, Failure, FusionResult, RoundInfo, Upload
 
 
 class Server:
@@ -38,14 +26,13 @@ class Server:
                                       else sorted(result.global_fm_classes))
         return result
 
-    def global_fm(self) -> dict[str, Any] | None:
-        """The global FM part as the clients evaluate it (its classes included)."""
-        if self.global_fm_state is None or self.global_fm_classes is None:
-            return self.global_fm_state
-        import torch
-
-        return {**self.global_fm_state,
-                CLASSES_KEY: torch.tensor(self.global_fm_classes, dtype=torch.long)}
+    def global_fm(self) -> Download | None:
+        """The global FM part as the clients evaluate it, with the classes it was fused on
+        (as a client's own part travels); None when the run has no FM."""
+        if self.global_fm_state is None:
+            return None
+        classes = None if self.global_fm_classes is None else tuple(self.global_fm_classes)
+        return Download(fm_state=self.global_fm_state, fm_classes=classes)
 
     def state_dict(self) -> dict[str, Any]:
         return {"fusion": self.fusion.state_dict(), "global_fm_state": self.global_fm_state,

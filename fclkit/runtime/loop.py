@@ -1,0 +1,220 @@
+"""The task/round loop, the same for every engine, with its checkpoints.
+
+An engine only decides *where* clients run, through a
+:class:`~fclkit.interfaces.ClientExecutor`::
+
+    evaluate every client before training (for forward transfer)
+    for each task t:
+        for each round r:
+            clients: apply last download, train round r of task t, upload
+            core:    validate every upload (a rejected one is a failure)
+            server:  fusion -> downloads (+ global FM part)
+            checkpoint
+        clients: apply the last downloads, evaluate every model on every task
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..errors import FclkitError
+from ..interfaces import ClientExecutor
+from ..messages import Download, Failure, FusionResult, RoundInfo, Upload
+from ..metrics import assemble, mean_of_last
+from ..tracking import round_scalars, task_scalars
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
+
+
+@attrs.define
+class LoopState:
+    """What the run loop accumulates (all of it goes into checkpoints)."""
+
+    initial: dict[int, Any] = attrs.field(factory=dict)
+    evals: list[dict[int, Any]] = attrs.field(factory=list)
+    rows: list[dict[str, Any]] = attrs.field(factory=list)
+    failures: list[dict[str, Any]] = attrs.field(factory=list)
+    pending: dict[int, Download] = attrs.field(factory=dict)
+
+
+def _keys_to_str(d: dict) -> dict:
+    return {str(k): v for k, v in d.items()}
+
+
+def _keys_to_int(d: dict) -> dict:
+    return {int(k): v for k, v in d.items()}
+
+
+class TaskRoundLoop:
+    """Runs an :class:`~fclkit.runtime.experiment.Experiment`'s tasks and rounds."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.state = LoopState()
+
+    def run(self, executor: ClientExecutor) -> dict[str, Any]:
+        """Every task and round through ``executor``; returns the metrics.
+
+        Continues from ``experiment.resume_state`` (a loaded checkpoint) when it is set.
+        """
+        e = self.experiment
+        if e.server is None:
+            raise RuntimeError("Experiment.prepare() must be called before run_loop()")
+        c = e.config
+        T, R, K = e.stream.num_tasks, c.rounds, c.clients
+        rep, timings, loop = e.reporter, e.timings, self.state
+        for key in ("client_train", "fusion", "evaluation"):
+            timings.setdefault(key, 0.0)
+        start = 0  # index of the first (task, round) step to run
+        rep.run_started(T, R, K)
+        if e.resume_state is not None:
+            start = self._restore(e.resume_state, executor)
+            rep.phase(f"resumed after task {start // R + 1 if start % R else start // R}, "
+                      f"round {R if start % R == 0 else start % R}")
+        else:
+            t0 = time.perf_counter()
+            loop.initial = executor.evaluate(-1, {}, e.server.global_fm())
+            timings["evaluation"] += time.perf_counter() - t0
+
+        if start == 0:  # from fclkit.run's start (or the Experiment's) to the first round
+            timings["to_first_round"] = time.perf_counter() - e.created
+        for step in range(start, T * R):
+            t, r = divmod(step, R)
+            info = RoundInfo(task=t, round=r, rounds_per_task=R)
+            rep.round_started(t, r)
+            t0 = time.perf_counter()
+            uploads, fails = executor.fit(info, loop.pending)
+            timings["client_train"] += time.perf_counter() - t0
+            accepted = self._validate(uploads, fails, info)
+            delivered = {cid: loop.pending.get(cid) for cid in range(K)}
+            t0 = time.perf_counter()
+            result = e.server.aggregate(info, accepted, fails)
+            fusion_seconds = time.perf_counter() - t0
+            timings["fusion"] += fusion_seconds
+            self._record_round(info, uploads, accepted, delivered, result, fusion_seconds)
+            e.loggers.log(round_scalars(loop.rows[-K:]), step + 1)
+            loop.pending = dict(result.downloads)
+            rep.round_done(t, r)
+            if info.is_last_round:
+                t0 = time.perf_counter()
+                loop.evals.append(executor.evaluate(t, loop.pending, e.server.global_fm()))
+                timings["evaluation"] += time.perf_counter() - t0
+                loop.pending = {}
+                rep.task_done(t, mean_of_last(loop.evals[-1], t))
+                e.loggers.log(task_scalars(
+                    {cid: {m: [ev[cid][m] for ev in loop.evals] for m in loop.evals[-1][cid]}
+                     for cid in loop.evals[-1]}), step + 1)
+            self._checkpoint(executor, info, step)
+        return assemble(loop.initial, loop.evals, loop.rows, loop.failures, clients=K,
+                        rounds_per_task=R, class_order=e.stream.class_order,
+                        task_classes=[t.classes for t in e.stream.clients[0].tasks],
+                        architectures=e.architectures, timings=timings)
+
+    def _validate(self, uploads: list[Upload], fails: list[Failure], info: RoundInfo
+                  ) -> list[Upload]:
+        """The uploads the core accepts; every rejection and failure recorded and reported.
+
+        The core validates every upload, whatever the engine's clients checked themselves
+        (a remote node is not trusted). Fewer accepted than ``min_clients`` stops the run.
+        """
+        e, loop = self.experiment, self.state
+        accepted = []
+        for u in uploads:
+            reason = e.validator.check(u)
+            if reason is None:
+                accepted.append(u)
+            else:
+                fails.append(Failure(u.client_id, f"rejected update: {reason}"))
+        for f in fails:
+            loop.failures.append({"task": info.task, "round": info.round,
+                                  "client": f.client_id, "reason": f.reason})
+            e.reporter.warn(f"client {f.client_id} failed in task {info.task + 1} round "
+                            f"{info.round + 1}: {f.reason}")
+        if len(accepted) < e.config.min_clients:
+            cause = next((f.error for f in fails if f.error is not None), None)
+            raise FclkitError(
+                f"only {len(accepted)} of {e.config.clients} clients delivered a valid update "
+                f"in task {info.task + 1}, round {info.round + 1} (min_clients = "
+                f"{e.config.min_clients}): "
+                + "; ".join(f"client {f.client_id}: {f.reason}" for f in fails),
+                hint="rerun with --debug for the traceback; the run can be continued "
+                "with --resume after a fix",
+            ) from cause
+        return accepted
+
+    def _record_round(self, info: RoundInfo, uploads: list[Upload], accepted: list[Upload],
+                      delivered: dict[int, Download | None], result: FusionResult,
+                      fusion_seconds: float) -> None:
+        e = self.experiment
+        by_client = {u.client_id: u for u in uploads}
+        ok = {u.client_id for u in accepted}
+        for cid in range(e.config.clients):
+            u = by_client.get(cid)
+            d_in = delivered[cid]
+            d_out = result.downloads.get(cid)
+            self.state.rows.append({
+                "task": info.task, "round": info.round, "client": cid,
+                "status": "ok" if cid in ok else ("rejected" if u is not None else "failed"),
+                "architecture": e.architectures[cid],
+                "num_examples": u.num_examples if u else 0,
+                "train_loss": u.metadata.get("train_loss") if u else None,
+                "train_seconds": u.metadata.get("train_seconds") if u else None,
+                "bytes_up": u.nbytes if u else 0,
+                "bytes_down": d_out.nbytes if d_out is not None else 0,
+                "bytes_down_received": d_in.nbytes if d_in is not None else 0,
+                "fusion_seconds": fusion_seconds,
+            })
+
+    # ---------------------------------------------------------- checkpoints
+
+    def _checkpoint(self, executor: ClientExecutor, info: RoundInfo, step: int) -> None:
+        e, loop = self.experiment, self.state
+        if e.run_dir is None or not e.config.checkpoint:
+            return
+        client_states = executor.client_states()
+        if client_states is None:  # this engine keeps client state where we cannot see it
+            return
+        from ..checkpoint import rng_state, save_checkpoint
+
+        state = {
+            "step": step, "task": info.task, "round": info.round,
+            "server": e.server.state_dict() if e.server else {},
+            "clients": {str(k): v for k, v in client_states.items()},
+            "pending": {str(k): d.to_state() for k, d in loop.pending.items()},
+            "initial": _keys_to_str(loop.initial),
+            "evals": [_keys_to_str(ev) for ev in loop.evals],
+            "rows": loop.rows, "failures": loop.failures,
+            "timings": dict(e.timings), "rng": rng_state(),
+        }
+        save_checkpoint(e.run_dir, state, task=info.task, round=info.round, step=step)
+
+    def _restore(self, state: dict[str, Any], executor: ClientExecutor) -> int:
+        from ..checkpoint import set_rng_state
+
+        e, loop = self.experiment, self.state
+        if e.server is not None:
+            e.server.load_state_dict(state["server"])
+        executor.load_client_states({int(k): v for k, v in state["clients"].items()})
+        pending = {int(k): Download.from_state(v) for k, v in state["pending"].items()}
+        loop.pending = {k: d for k, d in pending.items() if d is not None}
+        loop.initial = _keys_to_int(state["initial"])
+        loop.evals = [_keys_to_int(ev) for ev in state["evals"]]
+        loop.rows = list(state["rows"])
+        loop.failures = list(state["failures"])
+        for key, value in state["timings"].items():
+            e.timings[key] = value
+        set_rng_state(state["rng"])
+        return int(state["step"]) + 1
+
+    def partial_metrics(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """What is known so far (written when a run stops early, so nothing is lost)."""
+        loop = self.state
+        return {"schema": "fclkit.metrics/1", "complete": False,
+                "tasks_evaluated": len(loop.evals),
+                "evaluations": [_keys_to_str(ev) for ev in loop.evals],
+                "failures": loop.failures,
+                "timings_seconds": dict(self.experiment.timings)}, loop.rows

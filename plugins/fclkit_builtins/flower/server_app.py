@@ -1,0 +1,51 @@
+"""The deployment ServerApp: ``server_app``, started by the SuperLink for ``flwr run``.
+
+It rebuilds the experiment from the run config that :mod:`.deployment` wrote into
+the generated Flower App, runs its loop against the SuperNodes through
+:class:`.executor.FlowerExecutor`, and writes the result file that the submitting
+``fclkit run`` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from .protocol import RUN_COMPONENTS, RUN_CONFIG, RUN_RESULT, build_experiment
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Deployment: rebuild the experiment from the run config, run it, write the result."""
+    from fclkit.serialization import atomic_write_text
+
+    from .executor import FlowerExecutor
+
+    run_config = context.run_config
+    result_path = str(run_config.get(RUN_RESULT, ""))
+    experiment = None
+
+    def write(result: dict[str, Any]) -> None:
+        if result_path:
+            atomic_write_text(result_path, json.dumps(result))
+
+    try:
+        experiment = build_experiment(str(run_config[RUN_CONFIG]),
+                                      str(run_config[RUN_COMPONENTS]))
+        experiment.prepare()
+        executor = FlowerExecutor(grid, experiment, experiment.components.one("engine").options,
+                                  deployment=True)
+        metrics = experiment.run_loop(executor)
+        partial, rows = experiment.partial_metrics()
+        write({"status": "ok", "metrics": metrics, "rows": rows,
+               "failures": partial.get("failures", [])})
+    except BaseException as exc:
+        partial, rows = experiment.partial_metrics() if experiment is not None else ({}, [])
+        write({"status": "failed", "error": str(exc), "type": type(exc).__name__,
+               "hint": getattr(exc, "hint", None), "partial": partial, "rows": rows})
+        raise
