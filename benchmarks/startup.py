@@ -74,7 +74,7 @@ def child(output: str, threads: int) -> None:
     mark("import fclkit.cli (typer)")
     # instrumentation: these modules are light (no torch); the run imports them anyway
     import fclkit.runtime.experiment as experiment
-    import fclkit.runtime.run as run_module
+    import fclkit.runtime.lifecycle as lifecycle
     import fclkit_builtins.avalanche.strategies as strategies
     import fclkit_builtins.digits.benchmark
     import fclkit_builtins.local.engine as local
@@ -101,10 +101,10 @@ def child(output: str, threads: int) -> None:
                           "strategy": type(self).__name__}), flush=True)
         os._exit(0)
 
-    around(run_module, "run", "fclkit.run")
+    around(lifecycle, "run", "fclkit.run")
     around(experiment.Experiment, "__init__", "Experiment (options, compatibility)")
     around(experiment.Experiment, "prepare", "prepare")
-    around(run_module, "start_loggers", "loggers")
+    around(lifecycle, "start_loggers", "loggers")
     around(fclkit_builtins.digits.benchmark.DigitsBenchmark, "build", "benchmark build (digits)")
     around(efficientnet.EfficientNetLiteFM, "setup", "FM setup (EfficientNet-Lite0)")
     around(local.LocalExecutor, "__init__", "build clients (strategies, Avalanche)")

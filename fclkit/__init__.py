@@ -51,12 +51,12 @@ from .stream import ClientStream, FederatedStream, InputSpec, PublicSet, TaskDat
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .runtime.run import RunResult
+    from .runtime.lifecycle import RunResult
 
 
 def run(config: ExperimentConfig | None = None, **kwargs: Any) -> RunResult:
-    """Run an experiment; see :func:`fclkit.runtime.run.run` for the arguments."""
-    from .runtime.run import run as _run
+    """Run an experiment; see :func:`fclkit.runtime.lifecycle.run` for the arguments."""
+    from .runtime.lifecycle import run as _run
 
     if config is None and kwargs.get("resume") is None:
         config = ExperimentConfig()

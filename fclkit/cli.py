@@ -40,14 +40,20 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line (a message with line breaks would read as several errors)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug or os.environ.get("FCLKIT_DEBUG"):
         raise exc
     err = _console(stderr=True)
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(_one_line(str(exc)))}", markup=True,
+              soft_wrap=True)
     hint = getattr(exc, "hint", None)
     if hint:
-        err.print(f"[dim]hint: {escape(str(hint))}[/dim]", soft_wrap=True)
+        err.print(f"[dim]hint: {escape(_one_line(str(hint)))}[/dim]", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -145,7 +151,7 @@ def run(
             if pairs:
                 overrides[kind.options_field] = parse_option_pairs(pairs, kind.options_flag)
         from .progress import Reporter, RichReporter
-        from .runtime.run import run as run_experiment
+        from .runtime.lifecycle import run as run_experiment
 
         reporter = Reporter() if quiet else RichReporter()
         if resume is not None:
@@ -177,39 +183,56 @@ def run(
 app.command()(_with_kind_flags(run))
 
 
+def _print_table(console: Any, title: str, columns: tuple[str, ...],
+                 rows: list[tuple[str, ...]], whole: int) -> None:
+    """A table whose first ``whole`` columns (names, kinds) are never cut or wrapped, so
+    ``fclkit plugins | grep NAME`` finds every name at any terminal width or through a
+    pipe: the other columns wrap, and the table is wider than the terminal rather than
+    cut a name."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in
+              enumerate(columns)]
+    for i, col in enumerate(columns):
+        if i < whole:
+            table.add_column(col, no_wrap=True, min_width=widths[i])
+        else:
+            widths[i] = min(widths[i], 12)
+            table.add_column(col, overflow="fold", min_width=widths[i])
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    needed = sum(widths) + 3 * len(columns) + 1  # each column's padding and border
+    if console.width < needed:  # a console of its own: print() would cap the width
+        from rich.console import Console
+
+        console = Console(width=needed, highlight=False)
+    console.print(table, crop=False)
+
+
 @app.command()
 def plugins(
     options: Annotated[bool, typer.Option(
         "--options", help="also list every component's options")] = False,
 ) -> None:
     """List every installed component by kind, with the plugin that provides it."""
-    from rich.table import Table
-
     from .config import options_help
     from .plugins import build_registry
 
     registry = build_registry()
     console = _console()
-    table = Table(title="fclkit components", title_justify="left")
-    for col in ("kind", "name", "plugin", "distribution", "description"):
-        table.add_column(col)
-    for e in registry.all():
-        dist = f"{e.distribution} {e.version}" if e.distribution else "-"
-        table.add_row(e.kind.replace("_", " "), e.name, e.plugin, dist,
-                      getattr(e.cls, "description", ""))
-    console.print(table)
+    rows = [(e.kind.replace("_", " "), e.name, e.plugin,
+             f"{e.distribution} {e.version}" if e.distribution else "-",
+             str(getattr(e.cls, "description", ""))) for e in registry.all()]
+    _print_table(console, "fclkit components",
+                 ("kind", "name", "plugin", "distribution", "description"), rows, whole=4)
     if options:
         for e in registry.all():
-            rows = options_help(e.cls.Options)
-            if not rows:
-                continue
-            opt = Table(title=f"{e.kind.replace('_', ' ')} {e.name}: options",
-                        title_justify="left")
-            for col in ("option", "default", "help"):
-                opt.add_column(col)
-            for key, default, text in rows:
-                opt.add_row(key, repr(default), text)
-            console.print(opt)
+            opt_rows = [(key, repr(default), str(text))
+                        for key, default, text in options_help(e.cls.Options)]
+            if opt_rows:
+                _print_table(console, f"{e.kind.replace('_', ' ')} {e.name}: options",
+                             ("option", "default", "help"), opt_rows, whole=1)
     for b in registry.broken:
         console.print(f"[red]broken plugin[/red] {b.plugin!r}"
                       f"{f' ({b.distribution})' if b.distribution else ''}: {b.error}")

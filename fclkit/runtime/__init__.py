@@ -3,7 +3,7 @@
 * :mod:`.components` -- a configuration resolved into components and options;
 * :mod:`.experiment` -- the run's objects (stream, FM, server, clients);
 * :mod:`.loop` -- the task/round loop and its checkpoints;
-* :mod:`.run` -- a run's lifecycle (results folder, loggers, threads, resume);
+* :mod:`.lifecycle` -- a run's lifecycle (results folder, loggers, threads, resume);
 * :mod:`.client`, :mod:`.server` -- the two sides of a round.
 
 Imported only when a run starts (it imports torch).
@@ -11,7 +11,7 @@ Imported only when a run starts (it imports torch).
 
 from .client import Client
 from .experiment import Experiment
-from .run import RunResult, run
+from .lifecycle import RunResult, run
 from .server import Server
 
 __all__ = ["Client", "Experiment", "RunResult", "Server", "run"]

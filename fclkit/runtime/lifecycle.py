@@ -77,6 +77,12 @@ def run(config: ExperimentConfig | None, *, registry: Registry | None = None,
     from .. import results
 
     started = time.perf_counter()
+    # a results folder that cannot be made, or a --resume folder that is no run's, is
+    # refused before any plugin, benchmark or model is loaded
+    if resume is not None:
+        resume = results.check_resume_dir(resume)
+    elif write_results and isinstance(config, ExperimentConfig):
+        results.check_output(config.output)
     if registry is None:
         registry = build_registry(extra_plugins=plugins)
     components_from_classes(registry, components)
