@@ -3,7 +3,9 @@
 * in process (a fake Grid that hands messages straight to the ClientApp): the full
   message path, failures and roll-back, deployment-style data pruning -- no Ray;
 * simulation (Flower's Simulation Runtime on Ray): EWC and replay, whose strategy
-  state must survive between rounds, give the local engine's accuracy matrices;
+  state must survive between rounds, give the local engine's accuracy matrices; a
+  run killed with SIGKILL (its Ray processes too) after its first checkpoint and
+  resumed gives the uninterrupted run's, started from a folder holding ``fclkit/``;
 * deployment: a SuperLink and two SuperNodes as real processes on 127.0.0.1, each
   node serving one client and rebuilding it in a fresh process for every message;
 * without flwr, choosing the engine stops at once with a one-line error.
@@ -130,17 +132,23 @@ class NaNSGD(MomentumSGD):
         return report
 
 
+class ServerKilled(BaseException):
+    """The server process 'dies' (what SIGKILL would do, without killing pytest)."""
+
+
 class InProcessGrid:
     """A Flower Grid whose nodes run the ClientApp in this process (no Ray, no network).
 
     ``silent`` maps a message type to clients whose node never answers it;
     ``restart_after`` names a message group after which client 1's node is
-    replaced by a new node with an empty ``context.state`` (a restarted SuperNode).
+    replaced by a new node with an empty ``context.state`` (a restarted SuperNode);
+    ``crash_at`` names a message group whose sending kills the server (ServerKilled).
     """
 
     def __init__(self, client_app: Any, clients: int,
                  silent: Mapping[str, Sequence[int]] | None = None,
-                 state_dir: Path | None = None, restart_after: str = "") -> None:
+                 state_dir: Path | None = None, restart_after: str = "",
+                 crash_at: str = "") -> None:
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
@@ -149,6 +157,7 @@ class InProcessGrid:
         self.contexts = {100 + k: self._context(100 + k, k) for k in range(clients)}
         self.silent = {kind: {100 + k for k in ks} for kind, ks in (silent or {}).items()}
         self.restart_after = restart_after
+        self.crash_at = crash_at
         self.sent: list[Any] = []
         self.replies: dict[str, Any] = {}
 
@@ -166,6 +175,9 @@ class InProcessGrid:
 
     def push_messages(self, messages: Any) -> list[str]:
         ids = []
+        messages = list(messages)
+        if self.crash_at and messages and messages[0].metadata.group_id == self.crash_at:
+            raise ServerKilled(self.crash_at)
         for message in messages:
             self.sent.append(message)
             message_id = f"m{len(self.sent)}"
@@ -196,6 +208,7 @@ class InProcessFlower(Engine):
     silent: dict[str, tuple[int, ...]] = {}
     state_dir: Path | None = None
     restart_after = ""
+    crash_at = ""
     last_grid: Any = None
 
     def run(self, experiment: Any) -> None:
@@ -204,7 +217,7 @@ class InProcessFlower(Engine):
 
         cls = type(self)
         grid = InProcessGrid(client_app, experiment.config.clients, cls.silent, cls.state_dir,
-                             cls.restart_after)
+                             cls.restart_after, cls.crash_at)
         type(self).last_grid = grid
         experiment.run_loop(FlowerExecutor(grid, experiment, self.options,
                                            deployment=self.options.mode == "deployment"))
@@ -380,6 +393,9 @@ def test_a_restarted_node_continues_from_its_state_folder(monkeypatch, tmp_path)
 # ------------------------------------------------------------------ simulation
 
 
+SIMULATION = {"num_cpus_per_client": 1.0, "ray_num_cpus": 2}
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """Local and Flower-simulation runs of EWC and replay (one Ray start-up each)."""
@@ -388,7 +404,7 @@ def simulated(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("FCLKIT_LOAD_PLUGINS", "")
     out = str(tmp_path_factory.mktemp("flower") / "runs")
-    sim = {"num_cpus_per_client": 1.0, "ray_num_cpus": 2}
+    sim = SIMULATION
     runs: dict[str, Any] = {}
     timings: dict[str, float] = {}
     try:
@@ -436,6 +452,96 @@ def test_simulation_writes_a_complete_results_folder(simulated):
     assert len(rows) == 1 + 2 * 2 * 2  # header + tasks x rounds x clients
     info = json.loads((run_dir / "run.json").read_text())
     assert any(c["name"] == "flower" for c in info["components"])
+
+
+def _session(sid: int) -> list[int]:
+    """Processes still running in session ``sid`` (a killed run's Ray processes)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid and \
+                        "Z" not in (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]:
+                    alive.append(int(entry.name))
+            except (OSError, IndexError):
+                pass
+    return alive
+
+
+def _no_processes_left(sid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _session(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _session(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left behind: {left}"
+
+
+def _cli_in_session(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "fclkit"), *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "FCLKIT_LOAD_PLUGINS": ""})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_simulation_killed_with_sigkill_resumes_to_the_same_accuracies(simulated, tmp_path):
+    """`fclkit run --engine flower` killed with SIGKILL (Ray's processes with it) after its
+    first checkpoint, then `fclkit run --resume`: the uninterrupted Flower run's matrices.
+    Both start in a folder holding a folder named `fclkit` (the parent of a clone), which
+    Ray's workers must not import instead of the installed package."""
+    from fclkit.config import dump_toml
+
+    work = tmp_path / "work"
+    (work / "fclkit").mkdir(parents=True)
+    config = fclkit.ExperimentConfig(cl="ewc", engine="flower", engine_options=SIMULATION,
+                                     output=str(tmp_path / "runs"), name="killed",
+                                     loggers=("none",), **TINY)
+    (work / "exp.toml").write_text(dump_toml(config))
+    run_dir = tmp_path / "runs" / "killed"
+    latest = run_dir / "checkpoint" / "latest.json"
+    t0 = time.monotonic()
+    proc = _cli_in_session(["run", "-q", "--config", "exp.toml"], work)
+    try:
+        while not latest.exists() and proc.poll() is None and time.monotonic() - t0 < 300:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read()}"
+        assert latest.exists(), "no checkpoint after 300s"
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and every Ray process it started
+        proc.wait(timeout=30)
+        _no_processes_left(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at < 3 and not (run_dir / "metrics.json").exists()
+    t1 = time.monotonic()
+    resumed = _cli_in_session(["run", "-q", "--resume", str(run_dir)], work)
+    try:
+        _, stderr = resumed.communicate(timeout=300)
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+            resumed.wait(timeout=30)
+    print(f"killed after step {killed_at} at {t1 - t0:.0f}s; resumed in "
+          f"{time.monotonic() - t1:.0f}s")
+    assert resumed.returncode == 0, stderr
+    _no_processes_left(resumed.pid)
+    assert "hookimpl" not in stderr
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and len(info["resumed"]) == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    clean = json.loads((simulated["flower-ewc"].run_dir / "metrics.json").read_text())
+    for cid in ("0", "1"):
+        assert metrics["per_client"][cid]["small"]["accuracy_matrix"] == \
+            clean["per_client"][cid]["small"]["accuracy_matrix"]
+    assert metrics["per_client"] == clean["per_client"]
+    assert metrics["communication"] == clean["communication"]
 
 
 # ------------------------------------------------------------------ deployment

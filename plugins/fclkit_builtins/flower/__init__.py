@@ -14,7 +14,8 @@ back. Two modes (``--engine-opt mode=...``):
 Modules: :mod:`.engine` (the engine and its options), :mod:`.protocol` (the
 message layout and what both sides share), :mod:`.executor` (the server side of
 a round), :mod:`.client_app` (the node), :mod:`.server_app` (the deployment
-ServerApp), :mod:`.codec`, :mod:`.simulation`, :mod:`.deployment`.
+ServerApp), :mod:`.codec`, :mod:`.simulation`, :mod:`.ray_worker` (the Ray workers'
+set-up hook), :mod:`.deployment`.
 
 This module and :mod:`.engine` are import-light (``attrs`` and ``fclkit`` only):
 flwr, Ray and torch are imported when a run starts. Without flwr, choosing the

@@ -5,11 +5,14 @@ strategy state such as EWC importances / replay memory / LwF's previous model /
 optimizer, FM part) in ``context.state`` -- ArrayRecord ``fclkit.client.arrays`` +
 ConfigRecord ``fclkit.client`` -- and, when its ``--node-config`` has
 ``fclkit-state-dir``, also in a safetensors file there. On every message it
-rebuilds the client (``experiment.build_client(cid)``), restores that state, does
-its step, and saves the state back. A round runs under the core's client guard
-(``Client.fit_guarded``), as on the ``local`` engine: a round that raises, runs out
-of time or uploads an update the validator rejects (e.g. NaN weights) rolls the
-client back to its state before the round, with the round's Download applied.
+rebuilds the client (``experiment.build_client(cid)``), restores that state -- or the
+one the message carries (a resumed run, or a node taking over a client), which
+wins -- does its step, and saves the state back. When the server writes
+checkpoints (``want_state``), the reply carries the state after the step too.
+A round runs under the core's client guard (``Client.fit_guarded``), as on the
+``local`` engine: a round that raises, runs out of time or uploads an update the
+validator rejects (e.g. NaN weights) rolls the client back to its state before
+the round, with the round's Download applied.
 The messages' layout is in :mod:`.protocol`.
 """
 
@@ -23,13 +26,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from .protocol import (
     HEADER,
     PARTITION_KEY,
     PAYLOAD,
+    STATE,
     STATE_ARRAYS,
     STATE_DIR_KEY,
     STATE_META,
@@ -103,7 +107,9 @@ def load_client_state(context: Context, cid: int, config_key: str) -> Any | None
     return None
 
 
-def save_client_state(context: Context, cid: int, config_key: str, state: Any) -> None:
+def save_client_state(context: Context, cid: int, config_key: str, state: Any
+                      ) -> tuple[str, ArrayRecord]:
+    """Keep ``state`` in ``context.state`` (and the state folder); returns it encoded."""
     from fclkit.serialization import save_state
 
     from .codec import encode
@@ -116,15 +122,30 @@ def save_client_state(context: Context, cid: int, config_key: str, state: Any) -
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_state(state, path)
+    return skeleton, arrays
 
 
-def _reply(message: Message, cid: int, payload: Any = None, *, reason: str = "") -> Message:
+def _reply(message: Message, cid: int, payload: Any = None, *, reason: str = "",
+           state: tuple[str, ArrayRecord] | None = None) -> Message:
     from .codec import encode
 
     skeleton, arrays = encode(payload)
     header = ConfigRecord({"status": "failed" if reason else "ok", "reason": reason,
                            "client": cid, "payload": skeleton})
-    return Message(RecordDict({HEADER: header, PAYLOAD: arrays}), reply_to=message)
+    content = RecordDict({HEADER: header, PAYLOAD: arrays})
+    if state is not None:  # the client's state after the step, for the server's checkpoints
+        header[STATE] = state[0]
+        content[STATE] = state[1]
+    return Message(content, reply_to=message)
+
+
+def _sent_state(header: ConfigRecord, message: Message) -> Any | None:
+    """The client state the message carries (the node loads it instead of its own)."""
+    from .codec import decode
+
+    if header.get(STATE) is None:
+        return None
+    return decode(field(header, STATE, str), arrays(message.content.get(STATE)))
 
 
 def _serve(message: Message, context: Context, step: str) -> Message:
@@ -149,29 +170,35 @@ def _serve(message: Message, context: Context, step: str) -> Message:
         config_key = hashlib.sha256(field(header, "config", str).encode()).hexdigest()
         payload = decode(field(header, "payload", str), arrays(message.content.get(PAYLOAD)))
         download = Download.from_state(payload.get("download"))
-        state = load_client_state(context, cid, config_key)
+        want_state = field(header, "want_state", bool, False)
+        state = _sent_state(header, message)  # fresh tensors: nothing else holds them
+        if state is None:  # a copy: loading may alias tensors that training changes
+            state = copy.deepcopy(load_client_state(context, cid, config_key))
         client = experiment.build_client(cid)
-        if state is not None:  # a copy: loading may alias tensors that training changes
-            client.load_state_dict(copy.deepcopy(state))
+        if state is not None:
+            client.load_state_dict(state)
         if step == "evaluate":
             client.apply(download)
             result = client.evaluate(Download.from_state(payload.get("global_fm")))
-            save_client_state(context, cid, config_key, client.state_dict())
-            return _reply(message, cid, {"accuracies": result})
+            saved = save_client_state(context, cid, config_key, client.state_dict())
+            return _reply(message, cid, {"accuracies": result},
+                          state=saved if want_state else None)
 
         info = RoundInfo(task=field(header, "task", int), round=field(header, "round", int),
                          rounds_per_task=field(header, "rounds_per_task", int))
         # the core's client guard: tried, timed, validated, rolled back on failure
         outcome = client.fit_guarded(info, download,
                                      timeout=field(header, "client_timeout", float, 0.0))
-        save_client_state(context, cid, config_key, client.state_dict())
+        saved = save_client_state(context, cid, config_key, client.state_dict())
+        kept = saved if want_state else None
         if outcome.failure is not None:
             if os.environ.get("FCLKIT_DEBUG") and outcome.failure.error is not None:
                 traceback.print_exception(outcome.failure.error)
-            return _reply(message, cid, reason=outcome.failure.reason)
+            return _reply(message, cid, reason=outcome.failure.reason, state=kept)
         # a rejected upload still goes to the server, which validates it again and
         # records why (as with the local engine); this node has already rolled back
-        return _reply(message, cid, outcome.upload.to_state() if outcome.upload else None)
+        return _reply(message, cid, outcome.upload.to_state() if outcome.upload else None,
+                      state=kept)
     except Exception as exc:  # the node could not even set up: report, keep the old state
         if os.environ.get("FCLKIT_DEBUG"):
             traceback.print_exc()

@@ -1,4 +1,11 @@
-"""``FlowerExecutor``: the server side of a round, as Flower messages through a ``Grid``."""
+"""``FlowerExecutor``: the server side of a round, as Flower messages through a ``Grid``.
+
+Checkpoints: when the run writes them, every node replies with its client's state
+after the step (``want_state``), so :meth:`FlowerExecutor.client_states` has every
+client's latest state without extra messages; :meth:`~FlowerExecutor.load_client_states`
+(a resumed run) sends each client its state with its next message, and so does a
+client whose node changed (a restarted SuperNode).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import DEFAULT_TTL, ConfigRecord, Message, RecordDict
+from flwr.app import DEFAULT_TTL, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fclkit.errors import FclkitError
 from fclkit.interfaces import ClientExecutor
 from fclkit.messages import Download, Failure, RoundInfo, Upload
 
 from .codec import decode, encode
-from .protocol import HEADER, PAYLOAD, arrays, field
+from .protocol import HEADER, PAYLOAD, STATE, arrays, cause, field
 
 #: seconds between two polls for replies
 POLL_SECONDS = 0.2
@@ -27,9 +34,12 @@ def _state(download: Download | None) -> dict[str, Any] | None:
 class FlowerExecutor(ClientExecutor):
     """Sends each client's step to the node serving it and turns replies into results.
 
-    Nodes are found once, at the start: every node the grid knows is asked which
-    client it serves (its ``partition-id``). A node that errors, replies with a
-    failure, or does not reply within ``reply_timeout`` makes its client a
+    Nodes are found at the start: every node the grid knows is asked which client
+    it serves (its ``partition-id``); before every step, nodes that joined since are
+    asked too, and a client whose node went offline moves to the node that now
+    serves it (for an evaluation, which needs every client, the executor waits up to
+    ``node_wait_timeout`` for one). A node that errors, replies with a failure, is
+    offline, or does not reply within ``reply_timeout`` makes its client a
     :class:`~fclkit.messages.Failure` for that round, with the reason.
     """
 
@@ -37,21 +47,29 @@ class FlowerExecutor(ClientExecutor):
         self.grid = grid
         self.experiment = experiment
         self.options = options
+        self.deployment = deployment
         config = experiment.config
         client_config = (config.evolve(device=options.client_device)
                          if options.client_device else config)
+        #: the run writes checkpoints: every reply carries its client's state
+        self.collect_states = experiment.run_dir is not None and bool(config.checkpoint)
         self.common = {
             "config": json.dumps(client_config.to_dict()),
             "components": json.dumps(experiment.component_refs()),
             "threads": options.client_threads or config.threads or 1,
             "prune": deployment,
             "client_timeout": float(config.client_timeout),
+            "want_state": self.collect_states,
         }
         self.num_clients = config.clients
         self.timeout = options.reply_timeout or None
         self.ttl = max(float(options.reply_timeout), 60.0) if options.reply_timeout else DEFAULT_TTL
         self.asked: set[int] = set()
         self.nodes: dict[int, int] = {}
+        #: every client's latest state as it travels (skeleton, tensors), decoded on demand
+        self.states: dict[int, tuple[str, ArrayRecord]] = {}
+        #: states to send with a client's next message (until its node has loaded one)
+        self.to_send: dict[int, tuple[str, ArrayRecord]] = {}
         self._discover(options.node_wait_timeout)
 
     # ------------------------------------------------------------- nodes
@@ -67,7 +85,7 @@ class FlowerExecutor(ClientExecutor):
         for reply in self._send_and_receive(messages, max(wait, 1.0)):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                problems.append(f"node {node}: {reply.error.reason}")
+                problems.append(f"node {node}: {cause(reply.error.reason or '')}")
                 continue
             header = reply.content.get(HEADER)
             cid = header.get("client") if isinstance(header, ConfigRecord) else None
@@ -87,6 +105,13 @@ class FlowerExecutor(ClientExecutor):
         while True:
             found, trouble = self._ask(deadline - time.monotonic())
             problems += trouble
+            if trouble and not self.deployment:
+                # a simulated node that cannot even say which client it serves will not
+                # recover (its Ray worker cannot import or run the ClientApp): say why, once
+                raise FclkitError(
+                    "the Flower simulation's client processes failed: "
+                    + _same_causes(trouble),
+                    hint="rerun with --engine-opt flower_logs=true for Ray's and Flower's logs")
             for node, cid in found:
                 if cid in self.nodes and self.nodes[cid] != node:
                     raise FclkitError(
@@ -100,22 +125,46 @@ class FlowerExecutor(ClientExecutor):
                 raise FclkitError(
                     f"no Flower node serves client(s) {', '.join(map(str, missing))} after "
                     f"{wait:g}s ({len(self.asked)} node(s) connected"
-                    + (": " + "; ".join(problems) if problems else "") + ")",
+                    + (": " + _same_causes(problems) if problems else "") + ")",
                     hint="start one SuperNode per client with --node-config "
                     "'partition-id=K num-partitions=N', or raise node_wait_timeout")
             time.sleep(0.2)
 
-    def _refresh(self) -> None:
-        """A node that joined since (e.g. a restarted SuperNode) takes over its client."""
-        found, problems = self._ask(min(60.0, self.options.node_wait_timeout))
-        for problem in problems:
-            self.experiment.reporter.warn(f"Flower {problem}")
-        for node, cid in found:
-            if self.nodes.get(cid) != node:
-                self.experiment.reporter.warn(
-                    f"client {cid} is now served by Flower node {node} "
-                    f"(was node {self.nodes.get(cid)})")
-                self.nodes[cid] = node
+    def _online(self) -> set[int] | None:
+        """The nodes the grid reports online (None: this grid cannot tell)."""
+        try:
+            return set(self.grid.get_node_ids())
+        except Exception:  # noqa: BLE001 - a grid that cannot list nodes: assume all online
+            return None
+
+    def _refresh(self, clients: list[int], *, wait: float = 0.0) -> None:
+        """A node that joined since (e.g. a restarted SuperNode) takes over its client;
+        with ``wait``, wait that long for a node for every client of ``clients`` whose
+        node is offline."""
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            found, problems = self._ask(min(60.0, self.options.node_wait_timeout))
+            for problem in problems:
+                self.experiment.reporter.warn(f"Flower {problem}")
+            for node, cid in found:
+                if self.nodes.get(cid) != node:
+                    self.experiment.reporter.warn(
+                        f"client {cid} is now served by Flower node {node} "
+                        f"(was node {self.nodes.get(cid)})")
+                    self.nodes[cid] = node
+                    if cid in self.states:  # the new node starts from the client's state
+                        self.to_send[cid] = self.states[cid]
+            online = self._online()
+            lost = [] if online is None else [c for c in clients if self.nodes[c] not in online]
+            if not lost or time.monotonic() >= deadline:
+                return
+            if not announced:
+                announced = True
+                self.experiment.reporter.phase(
+                    f"waiting up to {wait:g}s for a Flower node to serve client(s) "
+                    + ", ".join(map(str, lost)))
+            time.sleep(1.0)
 
     # ---------------------------------------------------------- messages
 
@@ -138,33 +187,51 @@ class FlowerExecutor(ClientExecutor):
                  payload: Any, group: str) -> Message:
         skeleton, arrays = encode(payload)
         header = ConfigRecord({**self.common, **extra, "client": cid, "payload": skeleton})
-        return Message(RecordDict({HEADER: header, PAYLOAD: arrays}), dst_node_id=node,
-                       message_type=message_type, group_id=group, ttl=self.ttl)
+        content = RecordDict({HEADER: header, PAYLOAD: arrays})
+        state = self.to_send.get(cid)
+        if state is not None:  # the node loads this state instead of the one it kept
+            header[STATE] = state[0]
+            content[STATE] = state[1]
+        return Message(content, dst_node_id=node, message_type=message_type, group_id=group,
+                       ttl=self.ttl)
 
     def _exchange(self, message_type: str, group: str,
                   payloads: Mapping[int, tuple[dict[str, Any], Any]]
                   ) -> tuple[dict[int, Any], dict[int, str]]:
         """Send every client its message; (decoded payloads, failure reasons) by client."""
-        self._refresh()
+        clients = list(payloads)
+        # an evaluation needs every client: wait for a node to replace an offline one
+        self._refresh(clients, wait=self.options.node_wait_timeout
+                      if message_type == "evaluate" else 0.0)
+        online = self._online()
+        failed: dict[int, str] = {}
+        if message_type == "train" and online is not None:
+            for cid in clients:  # no message to a node known to be gone (it cannot reply)
+                if self.nodes[cid] not in online:
+                    failed[cid] = (f"node {self.nodes[cid]} is offline and no other node "
+                                   f"serves client {cid}")
         messages = [self._message(self.nodes[cid], message_type, cid, extra, payload, group)
-                    for cid, (extra, payload) in payloads.items()]
+                    for cid, (extra, payload) in payloads.items() if cid not in failed]
         replies = {r.metadata.src_node_id: r
                    for r in self._send_and_receive(messages, self.timeout)}
         ok: dict[int, Any] = {}
-        failed: dict[int, str] = {}
-        for cid in payloads:
+        for cid in clients:
             node = self.nodes[cid]
             reply = replies.get(node)
-            if reply is None:
+            if cid in failed:
+                pass
+            elif reply is None:
                 failed[cid] = (f"node {node} did not reply within {self.timeout:g}s"
                                if self.timeout else f"node {node} did not reply")
             elif reply.has_error():
-                failed[cid] = f"node {node} error {reply.error.code}: {reply.error.reason}"
+                why = cause(reply.error.reason or "")
+                failed[cid] = f"node {node} error {reply.error.code}: {why}"
             else:
                 try:
                     header = reply.content[HEADER]
                     if not isinstance(header, ConfigRecord):
                         raise TypeError(f"{HEADER!r} is not a ConfigRecord")
+                    self._keep_state(cid, header, reply)
                     if header["status"] != "ok":
                         failed[cid] = str(header["reason"])
                     else:
@@ -175,6 +242,31 @@ class FlowerExecutor(ClientExecutor):
             if message_type == "train":
                 self.experiment.reporter.client_done(cid)
         return ok, failed
+
+    def _keep_state(self, cid: int, header: ConfigRecord, reply: Message) -> None:
+        """The client's state after the step, when the reply carries one."""
+        skeleton = header.get(STATE)
+        if skeleton is None:
+            return
+        record = arrays(reply.content.get(STATE))
+        if not isinstance(skeleton, str) or record is None:
+            raise ValueError("its client state is incomplete")
+        self.states[cid] = (skeleton, record)
+        self.to_send.pop(cid, None)  # the node now holds (and has saved) this state
+
+    # ----------------------------------------------------------- checkpoints
+
+    def client_states(self) -> dict[int, Any] | None:
+        """Every client's latest state (from the nodes' replies), or None when the run
+        writes no checkpoints or a client's state is not known yet."""
+        if not self.collect_states or any(c not in self.states for c in range(self.num_clients)):
+            return None
+        return {cid: decode(*self.states[cid]) for cid in range(self.num_clients)}
+
+    def load_client_states(self, states: Mapping[int, Any]) -> None:
+        """A resumed run: each client gets its state with its next message."""
+        for cid, state in states.items():
+            self.states[int(cid)] = self.to_send[int(cid)] = encode(state)
 
     # ----------------------------------------------------- ClientExecutor
 
@@ -218,3 +310,13 @@ class FlowerExecutor(ClientExecutor):
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise FclkitError(f"client {cid} sent malformed accuracies: {exc}") from None
         return out
+
+
+def _same_causes(problems: list[str]) -> str:
+    """``node N: cause`` lines, each cause once (many nodes often fail alike)."""
+    by_cause: dict[str, list[str]] = {}
+    for problem in problems:
+        node, _, why = problem.partition(": ")
+        by_cause.setdefault(why, []).append(node)
+    return "; ".join(f"{why} ({', '.join(nodes) if len(nodes) < 4 else f'{len(nodes)} nodes'})"
+                     for why, nodes in by_cause.items())

@@ -9,15 +9,24 @@ Message layout (server -> node), one message per client and step:
                    configuration as JSON), ``components`` (module/class of every
                    component, JSON), ``task``/``round``/``rounds_per_task`` or
                    ``task_index``, ``threads``, ``prune`` (deployment: keep only this
-                   client's data), ``payload`` (JSON skeleton of the payload)
+                   client's data), ``want_state`` (reply with the client's state:
+                   the server writes checkpoints), ``payload`` (JSON skeleton of the
+                   payload), ``state`` (JSON skeleton of a client state to load, or
+                   absent)
 ``content["payload"]`` ArrayRecord: the payload's tensors. Payload of ``train``:
                    ``{"download": Download | None}``; of ``evaluate``:
-                   ``{"download": ..., "global_fm_state": ...}``
+                   ``{"download": ..., "global_fm": ...}``
+``content["state"]``   ArrayRecord, only with ``state`` in the header: the tensors of
+                   ``Client.state_dict()`` that the node loads *instead of* the state it
+                   kept (a resumed run, or a node that took over a client)
 =================  =============================================================
 
 Reply (node -> server): ConfigRecord ``fclkit`` with ``status`` (``ok`` or
-``failed``), ``reason``, ``client``, ``payload`` (skeleton), and ArrayRecord
-``payload``: an ``Upload`` as a state (``train``) or the accuracies (``evaluate``).
+``failed``), ``reason``, ``client``, ``payload`` (skeleton), ``state`` (skeleton,
+only when asked with ``want_state``), ArrayRecord ``payload``: an ``Upload`` as a
+state (``train``) or the accuracies (``evaluate``), and ArrayRecord ``state``: the
+client's state after the step (after a failed round: the state it was rolled back
+to).
 
 The server side is :mod:`.executor` (simulation and deployment), the node side
 :mod:`.client_app`, the deployment ServerApp :mod:`.server_app`. This module
@@ -28,17 +37,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from typing import Any
 
 from flwr.app import ArrayRecord
 
 #: record names in messages and in context.state
-HEADER, PAYLOAD = "fclkit", "payload"
+HEADER, PAYLOAD, STATE = "fclkit", "payload", "state"
 STATE_META, STATE_ARRAYS = "fclkit.client", "fclkit.client.arrays"
 #: node_config keys
 PARTITION_KEY, STATE_DIR_KEY = "partition-id", "fclkit-state-dir"
 #: run_config keys of a deployment run (written into the generated Flower App)
 RUN_CONFIG, RUN_COMPONENTS, RUN_RESULT = "fclkit-config", "fclkit-components", "fclkit-result"
+#: ... the run's results folder (checkpoints go there; '' = none) and whether to resume it
+RUN_DIR, RUN_RESUME = "fclkit-run-dir", "fclkit-resume"
 
 
 # ---------------------------------------------------------- component references
@@ -96,3 +108,23 @@ def one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
     hint = getattr(exc, "hint", None)
     return f"{text} (hint: {hint})" if hint else text
+
+
+_ERROR_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt"
+                         r"|Warning)): (.*\S)\s*$")
+
+
+def cause(reason: str, limit: int = 300) -> str:
+    """One line naming the cause in an error text that may hold a traceback (what Flower
+    passes on when a Ray actor or a ClientApp raised): its last ``SomeError: message``
+    line, e.g. ``AttributeError: module 'fclkit' has no attribute 'hookimpl'``."""
+    found = ""
+    for line in reason.splitlines():
+        match = _ERROR_LINE.match(line)
+        if match:
+            name = match.group(1).rpartition(".")[2]
+            found = f"{name}: {match.group(2)}"
+    text = found or " ".join(reason.split())
+    if text.endswith("'>"):  # the end of Flower's "<class ...>:<'...'>" wrapping
+        text = text[:-2]
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -3,7 +3,10 @@
 It rebuilds the experiment from the run config that :mod:`.deployment` wrote into
 the generated Flower App, runs its loop against the SuperNodes through
 :class:`.executor.FlowerExecutor`, and writes the result file that the submitting
-``fclkit run`` reads back.
+``fclkit run`` reads back. With a results folder in the run config it writes the
+run's checkpoints there (this process holds the server's state and, from the
+nodes' replies, every client's), and with ``fclkit-resume`` it continues from the
+latest one (``fclkit run --resume RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .protocol import RUN_COMPONENTS, RUN_CONFIG, RUN_RESULT, build_experiment
+from .protocol import (
+    RUN_COMPONENTS,
+    RUN_CONFIG,
+    RUN_DIR,
+    RUN_RESULT,
+    RUN_RESUME,
+    build_experiment,
+)
 
 server_app = ServerApp()
 
@@ -37,6 +47,15 @@ def main(grid: Grid, context: Context) -> None:
     try:
         experiment = build_experiment(str(run_config[RUN_CONFIG]),
                                       str(run_config[RUN_COMPONENTS]))
+        run_dir = str(run_config.get(RUN_DIR, ""))
+        if run_dir:  # checkpoints go into the run's results folder (on this machine)
+            from pathlib import Path
+
+            experiment.run_dir = Path(run_dir)
+            if run_config.get(RUN_RESUME) is True:
+                from fclkit.checkpoint import load_checkpoint
+
+                experiment.resume_state = load_checkpoint(run_dir)
         experiment.prepare()
         executor = FlowerExecutor(grid, experiment, experiment.components.one("engine").options,
                                   deployment=True)

@@ -4,7 +4,12 @@ The ServerApp runs in a thread of this process and drives the experiment that
 ``fclkit.run`` already prepared; every client is a virtual SuperNode whose
 ClientApp runs in a Ray actor (``num_cpus_per_client``/``num_gpus_per_client``
 each). An actor builds and prepares the experiment once and then serves many
-clients; the clients' states live in their nodes' ``context.state``.
+clients; the clients' states live in their nodes' ``context.state`` (and, when the
+run writes checkpoints, travel back with every reply).
+
+Ray is started here, not by Flower, so that its workers import what this process
+imported (:mod:`.ray_worker`); Flower's error logs (pages of Ray tracebacks) are
+kept back and the run's error names their cause in one line.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from fclkit.errors import FclkitError
+
+#: Ray's worker_process_setup_hook (see :mod:`.ray_worker`)
+SETUP_HOOK = "fclkit_builtins.flower.ray_worker.setup"
 
 
 class _DropDeprecation(logging.Filter):
@@ -24,22 +33,76 @@ class _DropDeprecation(logging.Filter):
             "deprecated feature" not in record.getMessage()
 
 
+class _KeepErrors(logging.Filter):
+    """Keeps Flower's error records (a Ray traceback each) back, for the run's error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if len(self.errors) < 20:
+            self.errors.append(record.getMessage())
+        return False
+
+
 @contextlib.contextmanager
-def quiet_flower(verbose: bool) -> Iterator[None]:
-    """Flower logs every message at INFO; keep warnings and errors unless asked."""
+def quiet_flower(verbose: bool, errors: list[str] | None = None) -> Iterator[None]:
+    """Flower logs every message at INFO; keep warnings unless asked. Its errors go to
+    ``errors`` instead of the terminal (shown too with ``verbose``)."""
     logger = logging.getLogger("flwr")
-    level, dropper = logger.level, _DropDeprecation()
+    level = logger.level
+    filters: list[logging.Filter] = [_DropDeprecation()]
+    keeper = None
+    if not verbose and errors is not None:
+        keeper = _KeepErrors()
+        keeper.errors = errors
+        filters.append(keeper)
     handlers = list(logger.handlers)
     if not verbose:
         logger.setLevel(logging.WARNING)
     for h in handlers:
-        h.addFilter(dropper)
+        for f in filters:
+            h.addFilter(f)
     try:
         yield
     finally:
         logger.setLevel(level)
         for h in handlers:
-            h.removeFilter(dropper)
+            for f in filters:
+                h.removeFilter(f)
+
+
+@contextlib.contextmanager
+def quiet_ray(verbose: bool, errors: list[str]) -> Iterator[None]:
+    """Ray prints every error the raylet reports (a worker that died: a traceback each)
+    to this process's stdout, whatever ``log_to_driver`` says; unless ``verbose``, they
+    go to ``errors`` instead (the run's error names their cause)."""
+    try:
+        import ray._private.worker as ray_worker
+
+        original = ray_worker.print_to_stdstream
+    except (ImportError, AttributeError):  # another Ray: leave its output alone
+        yield
+        return
+    if verbose:
+        yield
+        return
+
+    def keep(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and data.get("pid") == "raylet":
+            if len(errors) < 20:
+                errors.extend(str(line) for line in data.get("lines", [])[:2])
+            return None
+        return original(data, *args, **kwargs)
+
+    ray_worker.print_to_stdstream = keep  # looked up by Ray's error listener at each call
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = original
 
 
 @contextlib.contextmanager
@@ -82,6 +145,24 @@ def backend_config(options: Any) -> dict[str, Any]:
     }
 
 
+def start_ray(init_args: dict[str, Any]) -> bool:
+    """Start (or join) Ray as Flower would, plus the worker set-up hook; False when Ray
+    was already running in this process (then it is left as it is)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # what Flower's Ray backend does: the workers get this process's sys.path ...
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    # ... and import fclkit from there before Ray puts our working directory first
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
+                          "worker_process_setup_hook": SETUP_HOOK}, **init_args)
+    return True
+
+
 def run_simulation(experiment: Any, options: Any) -> None:
     """Run ``experiment`` (already prepared) with one virtual SuperNode per client."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -92,6 +173,7 @@ def run_simulation(experiment: Any, options: Any) -> None:
 
     from .client_app import client_app
     from .executor import FlowerExecutor
+    from .protocol import cause
 
     server_app = ServerApp()
 
@@ -105,11 +187,24 @@ def run_simulation(experiment: Any, options: Any) -> None:
 
     experiment.reporter.phase("starting the Flower simulation (Ray)")
     gpus = "" if options.ray_address else options.client_gpus  # a cluster has its own
-    with quiet_flower(options.flower_logs), _visible_gpus(gpus):
-        flower_run_simulation(server_app=server_app, client_app=client_app,
-                              num_supernodes=experiment.config.clients,
-                              backend_config=backend_config(options),  # type: ignore[arg-type]
-                              verbose_logging=options.flower_logs)
+    config = backend_config(options)
+    errors: list[str] = []
+    started = False
+    try:
+        with quiet_flower(options.flower_logs, errors), \
+                quiet_ray(options.flower_logs, errors), _visible_gpus(gpus):
+            started = start_ray(config["init_args"])
+            flower_run_simulation(server_app=server_app, client_app=client_app,
+                                  num_supernodes=experiment.config.clients,
+                                  backend_config=config,  # type: ignore[arg-type]
+                                  verbose_logging=options.flower_logs)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()  # Flower shuts it down at a normal end; not after a crash
     if experiment.metrics is None:
-        raise FclkitError("the Flower simulation ended before the run finished",
+        why = next((cause(e) for e in errors if "Traceback" in e or "Error" in e), "")
+        raise FclkitError("the Flower simulation ended before the run finished"
+                          + (f": {why}" if why else ""),
                           hint="rerun with --engine-opt flower_logs=true to see Flower's logs")
