@@ -1,11 +1,12 @@
 """Tune the server's fusion in seconds: record a run's uploads once, fuse them again.
 
     # 1. run an experiment once and keep every round's uploads (the small models)
-    python examples/fusion_replay.py record uploads.pt \
+    python examples/fusion_replay.py record uploads.safetensors \
         --set benchmark=langid cl=replay public_labels=5
 
     # 2. fuse the same uploads again with other fusion options; each option set is one line
-    python examples/fusion_replay.py replay uploads.pt --try epochs=20,lr=5e-3 --try epochs=2
+    python examples/fusion_replay.py replay uploads.safetensors --try epochs=20,lr=5e-3 \
+        --try epochs=2
 
 ``replay`` rebuilds the run from its recorded configuration (same benchmark, seed,
 public set and foundation model), feeds the recorded uploads round by round to the
@@ -16,7 +17,10 @@ replays the recorded options and reproduces the recorded run's FM accuracies; ea
 ``--try`` adds a line (``--fusion fm-only`` replays another fusion on the same uploads).
 
 A recording holds every upload (tasks × rounds × clients small models: 5 MB for langid's
-defaults) and the run's configuration; it is a pickle, so load only recordings you made.
+defaults) and the run's configuration, stored like fclkit's checkpoints: the tensors in
+``NAME.safetensors``, the rest in ``NAME.json`` beside it (``NAME``, ``NAME.safetensors``
+and ``NAME.json`` all name the pair). Nothing is pickled: reading a recording, even one
+from elsewhere, never executes code, and a damaged one is one clear error.
 
 What a replay does not do: the clients do not train again, so the FM's guidance of
 the small models (which a different FM would change) is the recorded run's. Use it to
@@ -34,8 +38,16 @@ from typing import Any
 import fclkit
 from fclkit.config import parse_option_pairs
 from fclkit.metrics import average_accuracy, average_forgetting
+from fclkit.serialization import load_state, save_state
 
-FORMAT = "fclkit.fusion-replay/1"
+FORMAT = "fclkit.fusion-replay/2"
+HOW = "make one with: python examples/fusion_replay.py record NAME.safetensors"
+
+
+def recording_files(path: Path) -> tuple[Path, Path]:
+    """The two files of the recording ``path`` names: tensors, and the JSON beside them."""
+    tensors = Path(path).with_suffix(".safetensors")
+    return tensors, tensors.with_suffix(".json")
 
 
 def _recording(fusion_cls: type) -> tuple[type, list]:
@@ -55,7 +67,6 @@ def _recording(fusion_cls: type) -> tuple[type, list]:
 
 def record(out: Path, overrides: dict[str, Any]) -> None:
     import attrs
-    import torch
 
     from fclkit.plugins import build_registry
     from fclkit.runtime.experiment import Experiment
@@ -68,26 +79,64 @@ def record(out: Path, overrides: dict[str, Any]) -> None:
     recording, rounds = _recording(registry.get("fusion", config.fusion).cls)
     result = fclkit.run(attrs.evolve(config, fusion=recording.name), registry=registry,
                         components=[recording], write_results=False)
-    torch.save({"format": FORMAT, "config": config.to_dict(), "rounds": rounds,
-                "metrics": result.metrics}, out)
+    tensors, skeleton = recording_files(out)
+    tensors.parent.mkdir(parents=True, exist_ok=True)
+    save_state({"format": FORMAT, "config": config.to_dict(),
+                "rounds": [[task, rnd, uploads] for task, rnd, uploads in rounds],
+                "metrics": result.metrics}, tensors)
     mean = result.metrics["mean"]
-    print(f"recorded {len(rounds)} rounds to {out}; the run: "
+    print(f"recorded {len(rounds)} rounds to {tensors} (+ {skeleton.name}); the run: "
           + ", ".join(f"{m} {v['average_accuracy'] * 100:.1f} %" for m, v in mean.items()))
 
 
-def load_recording(path: Path) -> dict[str, Any]:
-    import torch
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(what)
 
-    if not path.is_file():
-        raise fclkit.ConfigError("recording", str(path), "file not found",
-                                 hint="make one with: python examples/fusion_replay.py record")
+
+def load_recording(path: Path) -> dict[str, Any]:
+    """Read a recording (safetensors + JSON only); anything else is a ConfigError."""
+    from fclkit.messages import Upload
+
+    tensors, skeleton = recording_files(path)
+    if not tensors.is_file() or not skeleton.is_file():
+        if Path(path).is_file() and Path(path) not in (tensors, skeleton):
+            # e.g. an old pickled uploads.pt: never unpickled
+            raise fclkit.ConfigError("recording", str(path),
+                                     "is not a fusion_replay recording (one is a "
+                                     "NAME.safetensors + NAME.json pair)", hint=HOW)
+        missing = tensors if not tensors.is_file() else skeleton
+        raise fclkit.ConfigError("recording", str(path), f"file not found: {missing}",
+                                 hint=HOW)
     try:
-        data = torch.load(path, weights_only=False)  # our own file: it holds a config
-    except Exception as exc:  # torch raises pickle, zip and runtime errors alike
-        data = exc
+        data = load_state(tensors)
+    except fclkit.FclkitError as exc:
+        raise fclkit.ConfigError("recording", str(path), f"is damaged: {exc}",
+                                 hint="record it again") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise fclkit.ConfigError("recording", str(path), "is not a fusion_replay recording",
-                                 hint="make one with: python examples/fusion_replay.py record")
+                                 hint=HOW)
+    try:
+        config, metrics, rounds = data["config"], data["metrics"], data["rounds"]
+        _require(isinstance(config, dict), "the configuration is not a table")
+        for key in ("benchmark", "seed", "cl", "fusion"):
+            _require(key in config, f"the configuration has no {key}")
+        _require(isinstance(metrics, dict) and isinstance(metrics.get("mean"), dict),
+                 "the metrics have no mean")
+        for scores in metrics["mean"].values():
+            _require(isinstance(scores["average_accuracy"], (int, float)),
+                     "a mean average_accuracy is not a number")
+        _require(isinstance(rounds, list), "rounds is not a list")
+        for entry in rounds:
+            task, rnd, uploads = entry
+            _require(isinstance(task, int) and isinstance(rnd, int)
+                     and isinstance(uploads, list), "a round is not [task, round, uploads]")
+            for upload in uploads:
+                Upload.from_state(upload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fclkit.ConfigError("recording", str(path),
+                                 f"is damaged: {type(exc).__name__}: {exc}",
+                                 hint="record it again") from None
     return data
 
 
@@ -189,11 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="run an experiment and keep its uploads")
-    rec.add_argument("out", type=Path, help="file to write (e.g. uploads.pt)")
+    rec.add_argument("out", type=Path, help="recording to write: NAME.safetensors and "
+                     "NAME.json (e.g. uploads.safetensors)")
     rec.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                      help="configuration fields, as in a TOML config (e.g. benchmark=langid)")
     rep = sub.add_parser("replay", help="fuse recorded uploads again with other options")
-    rep.add_argument("recording", type=Path)
+    rep.add_argument("recording", type=Path, help="a recording (NAME.safetensors)")
     rep.add_argument("--try", dest="option_sets", action="append", default=[],
                      metavar="KEY=VALUE,...", help="fusion options to try (repeat the flag "
                      "for more sets); the recorded options are always replayed first")
@@ -219,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             print(_line(label, scores, time.perf_counter() - started),
                   flush=True)
     except fclkit.FclkitError as exc:
-        sys.exit(f"error: {exc}")
+        sys.exit(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
 
 
 if __name__ == "__main__":

@@ -74,11 +74,18 @@ def latest(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     try:
         info = json.loads(pointer.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError(f"a JSON {type(info).__name__}, not a table")
         if info.get("format") != FORMAT:
             raise ValueError(f"format {info.get('format')!r}")
+        file = info.get("file")
+        if not isinstance(file, str) or Path(file).name != file or not file.endswith(
+                ".safetensors"):
+            raise ValueError(f"file {file!r}")
         return info
-    except (ValueError, AttributeError) as exc:
-        raise FclkitError(f"checkpoint pointer {pointer} is damaged ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError
+        raise FclkitError(f"checkpoint pointer {pointer} is damaged ({exc})",
+                          hint="it may be truncated or tampered with") from None
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
@@ -88,7 +95,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         raise FclkitError(
             f"{run_dir} has no checkpoint to resume from",
             hint="checkpoints are written at the end of every round unless checkpoint = false")
-    path = Path(run_dir) / CHECKPOINT_DIR / Path(info["file"]).name
+    path = Path(run_dir) / CHECKPOINT_DIR / info["file"]
     state = load_state(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FclkitError(f"checkpoint {path} is not a fclkit checkpoint")

@@ -85,11 +85,21 @@ def component_name(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def component_names(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if (not isinstance(value, tuple) or not value
-            or any(not isinstance(v, str) or not v.strip() for v in value)):
+    if not isinstance(value, tuple) or not value:
         raise ConfigError(
             attribute.name, value, "must be one name or a comma-separated list of names"
         )
+    for position, name in enumerate(value, 1):
+        if not isinstance(name, str):
+            raise ConfigError(attribute.name, value,
+                              f"name {position} is {type(name).__name__} {name!r}, not a name")
+    for position, name in enumerate(value, 1):
+        if not name.strip():
+            shown = ",".join(value) if len(value) > 1 else name
+            where = (f"name {position} of {len(value)} is empty" if len(value) > 1
+                     else "must be a non-empty name")
+            raise ConfigError(attribute.name, shown, where,
+                              hint="remove the extra comma" if len(value) > 1 else None)
 
 
 def options_table(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -110,8 +120,10 @@ def torch_device(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def to_names(value: Any) -> tuple[str, ...]:
+    """``"mlp, cnn"`` -> ``("mlp", "cnn")``; an empty name (``"mlp,,cnn"``, a comma at an
+    end) is kept, for the validator to refuse it by its position."""
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip()) or (value,)
+        return tuple(part.strip() for part in value.split(","))
     if isinstance(value, (list, tuple)):
         return tuple(value)
     return value  # validator reports it
@@ -121,7 +133,10 @@ def to_architectures(value: Any) -> Any:
     """``"mlp,cnn"`` / a list -> names assigned in turn; ``"0=mlp,1=cnn,default=lenet"``
     / a table -> architecture per client id (``default``: every client not listed)."""
     if isinstance(value, str) and "=" in value:
-        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):  # an empty entry: the validator names its position
+            return tuple(parts)
+        pairs = [part.partition("=") for part in parts]
         return {k.strip(): v.strip() for k, _, v in pairs}
     if isinstance(value, Mapping):
         return {str(k).strip(): v for k, v in value.items()}

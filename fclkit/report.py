@@ -57,9 +57,10 @@ def make_report(run_dirs: Sequence[str | Path], output: str | Path | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dirs = [Path(d) for d in run_dirs]
-    if not dirs:
+    given = [Path(d) for d in run_dirs]
+    if not given:
         raise FclkitError("no results folder given", hint="fclkit report RUN_DIR [RUN_DIR ...]")
+    dirs, skipped = _expand(given)
     runs = {}
     for d in dirs:
         metrics = load_metrics(d)
@@ -70,7 +71,7 @@ def make_report(run_dirs: Sequence[str | Path], output: str | Path | None = None
         runs[d] = metrics
     names = _unique_names(dirs)
     if output is None:
-        output = dirs[0] / "report" if len(dirs) == 1 else Path(
+        output = dirs[0] / "report" if given == dirs and len(dirs) == 1 else Path(
             f"report-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,12 +154,47 @@ def make_report(run_dirs: Sequence[str | Path], output: str | Path | None = None
     plt.close(fig)
     pictures["curves"].append("communication.png")
 
-    atomic_write_text(out / "report.md", _markdown(runs, names, pictures))
+    atomic_write_text(out / "report.md", _markdown(runs, names, pictures, skipped))
     return out
 
 
+def _expand(given: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The run folders to report: each given run folder, and every finished run inside a
+    given folder of runs (the folder passed to ``fclkit run --output``); the unfinished
+    runs found inside one, with their status, are listed as not reported."""
+    from .results import is_run_dir, run_status, runs_in
+
+    dirs: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for d in given:
+        inside = [] if is_run_dir(d) else runs_in(d)
+        if not inside:
+            dirs.append(d)  # a run folder, or an error load_metrics names
+            continue
+        finished = []
+        for run in inside:
+            metrics_done = False
+            try:
+                metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+                metrics_done = (isinstance(metrics, dict) and metrics.get("complete", True)
+                                and "mean" in metrics)
+            except (OSError, ValueError):
+                pass
+            if metrics_done:
+                finished.append(run)
+            else:
+                skipped.append((run, run_status(run)))
+        if not finished:
+            listed = ", ".join(f"{r.name} ({run_status(r)})" for r in inside[-10:])
+            raise FclkitError(f"{d} holds {len(inside)} run(s) and none has finished: "
+                              f"{listed}", hint="finish one with `fclkit run --resume RUN_DIR`")
+        dirs += finished
+    return list(dict.fromkeys(dirs)), skipped
+
+
 def _markdown(runs: dict[Path, dict], names: dict[Path, str],
-              pictures: dict[str, list[str]]) -> str:
+              pictures: dict[str, list[str]],
+              skipped: list[tuple[Path, str]] | None = None) -> str:
     lines = ["# fclkit report", "", "Accuracies and forgetting in %, mean over clients.", "",
              "| run | cl | fusion | clients | tasks | model | avg accuracy | avg incr. acc. "
              "| forgetting | BWT | FWT | MiB up | time (s) |",
@@ -182,6 +218,9 @@ def _markdown(runs: dict[Path, dict], names: dict[Path, str],
               "(faded: tasks not trained yet).", ""]
     lines += [f"![{p}]({p})" for p in pictures["heatmaps"]]
     lines += ["", "Runs: " + ", ".join(f"`{d}`" for d in runs), ""]
+    if skipped:
+        lines += ["Not reported (unfinished): "
+                  + ", ".join(f"`{d}` ({status})" for d, status in skipped), ""]
     return "\n".join(lines)
 
 

@@ -31,17 +31,106 @@ ROUND_COLUMNS = ["task", "round", "client", "status", "architecture", "num_examp
                  "bytes_down_received", "fusion_seconds"]
 
 
-def create_run_dir(config: ExperimentConfig) -> Path:
+#: files that make a folder a run's results folder (any one of them)
+RUN_FILES = ("run.json", "config.toml", "metrics.json")
+
+
+def check_output(output: str | Path) -> None:
+    """Refuse, before anything is loaded, an ``output`` that cannot hold run folders:
+    an existing file, or a path through one."""
+    from .errors import ConfigError
+
+    path = Path(output)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"goes through the file {part}"
+            raise ConfigError("output", str(output), f"{where}, not a folder",
+                              hint="--output (output in TOML) names the folder that holds "
+                              "the runs' results folders: pass a folder, or a path that "
+                              "does not exist yet")
+
+
+def create_run_dir(config: ExperimentConfig, *, timestamp: str | None = None) -> Path:
+    """Create the run's results folder under ``config.output``.
+
+    The folder is created atomically (``mkdir`` fails if it exists), so runs started at
+    the same moment with the same ``output`` (in threads or processes) each get their
+    own folder, the later ones with a suffix (``-2``, ``-3``, ...).
+    """
+    from .errors import FclkitError
+
+    check_output(config.output)
     base = Path(config.output)
     name = config.name or (
-        f"{time.strftime('%Y%m%d-%H%M%S')}-{config.cl}-{config.fusion}-s{config.seed}")
-    run_dir = base / name
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = base / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+        f"{timestamp or time.strftime('%Y%m%d-%H%M%S')}-{config.cl}-{config.fusion}"
+        f"-s{config.seed}")
+    try:
+        suffix = 1
+        while True:
+            run_dir = base / (name if suffix == 1 else f"{name}-{suffix}")
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                suffix += 1
+                continue
+            return run_dir
+    except OSError as exc:
+        raise FclkitError(f"cannot create the results folder in {base}: "
+                          f"{exc.strerror or exc}",
+                          hint="check --output (output in TOML) and its permissions"
+                          ) from None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is one run's results folder."""
+    path = Path(path)
+    return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
+
+
+def runs_in(folder: str | Path) -> list[Path]:
+    """The run folders directly inside ``folder`` (an ``--output`` folder), by name."""
+    folder = Path(folder)
+    if not folder.is_dir() or is_run_dir(folder):
+        return []
+    try:
+        return sorted((p for p in folder.iterdir() if is_run_dir(p)), key=lambda p: p.name)
+    except OSError:
+        return []
+
+
+def run_status(run_dir: str | Path) -> str:
+    """``status`` from the run's ``run.json`` (``unknown`` when it cannot be read)."""
+    try:
+        data = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        return str(data.get("status", "unknown")) if isinstance(data, dict) else "unknown"
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def check_resume_dir(path: str | Path) -> Path:
+    """``path`` if it is one run's results folder; else an error that says what it is
+    (the folder passed to ``--output``: its runs are named, to pick one)."""
+    from .errors import FclkitError
+
+    path = Path(path)
+    if is_run_dir(path):
+        return path
+    runs = runs_in(path)
+    if runs:
+        unfinished = [r for r in runs if run_status(r) != "finished"]
+        listed = ", ".join(f"{r.name} ({run_status(r)})" for r in runs[-10:])
+        more = f"{len(runs) - 10} more, " if len(runs) > 10 else ""
+        pick = (unfinished or runs)[-1]
+        raise FclkitError(
+            f"{path} is a folder of {len(runs)} run(s), not one run: {more}{listed}; "
+            "--resume continues one of them",
+            hint=f"pass that run's folder, e.g. fclkit run --resume {pick}")
+    if not path.exists():
+        raise FclkitError(f"{path} does not exist: --resume takes a run's results folder")
+    raise FclkitError(f"{path} is not a fclkit results folder (it has no "
+                      f"{', '.join(RUN_FILES)})",
+                      hint="--resume takes the folder a run wrote its results in")
 
 
 def _jsonable(value: Any) -> Any:

@@ -82,35 +82,89 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
+#: the safetensors metadata key of the digest that binds a state's two files
+DIGEST_KEY = "fclkit.sha256"
+
+
+def _digest(skeleton_text: bytes, tensors: dict[str, Any]) -> str:
+    """SHA-256 of the JSON skeleton's bytes and of every tensor's name, dtype, shape and
+    bytes: any change to either file (a flipped byte, a truncation, files of two saves)
+    gives another digest."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    h.update(len(skeleton_text).to_bytes(8, "little"))
+    h.update(skeleton_text)
+    for key in sorted(tensors):
+        value = tensors[key]
+        head = json.dumps([key, str(value.dtype), list(value.shape)]).encode()
+        h.update(len(head).to_bytes(8, "little"))
+        h.update(head)
+        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        h.update(raw.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _stored_digest(blob: bytes) -> str | None:
+    """The digest in a safetensors file's metadata (a file that safetensors has read);
+    None for a file with no metadata at all (written before digests were)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    if "__metadata__" not in header:
+        return None
+    digest = (header["__metadata__"] or {}).get(DIGEST_KEY)
+    if not isinstance(digest, str):
+        raise ValueError(f"its metadata has no {DIGEST_KEY}")
+    return digest
+
+
 def save_state(state: Any, path: str | Path) -> None:
-    """Write ``state`` to ``path`` (``.safetensors``) and its JSON skeleton beside it."""
+    """Write ``state`` to ``path`` (``.safetensors``) and its JSON skeleton beside it.
+
+    The tensors file's metadata holds a digest of both files, so :func:`load_state`
+    refuses any change to either of them."""
     from safetensors.torch import save
 
     path = Path(path)
     skeleton, tensors = flatten_state(state)
-    _atomic_write_bytes(path, save(tensors))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(skeleton))
+    text = json.dumps(skeleton)
+    digest = _digest(text.encode("utf-8"), tensors)
+    _atomic_write_bytes(path, save(tensors, metadata={DIGEST_KEY: digest}))
+    atomic_write_text(path.with_suffix(".json"), text)
 
 
 def load_state(path: str | Path) -> Any:
-    """Read a state written by :func:`save_state`; a damaged file is a clear error."""
+    """Read a state written by :func:`save_state`; a damaged file is a clear error (an
+    FclkitError naming the file), never a traceback nor a silently different state."""
     from safetensors.torch import load
 
     path = Path(path)
     meta = path.with_suffix(".json")
+    damaged = "it may be truncated or tampered with; restore it or start a fresh run"
     try:
-        tensors = load(path.read_bytes())
+        blob = path.read_bytes()
+        tensors = load(blob)
+        digest = _stored_digest(blob)
     except FileNotFoundError:
         raise FclkitError(f"state file {path} does not exist") from None
     except Exception as exc:
         raise FclkitError(
-            f"state file {path} is damaged or not a safetensors file ({exc})",
-            hint="it may be truncated or tampered with; restore it or start a fresh run",
+            f"state file {path} is damaged or not a safetensors file ({exc})", hint=damaged,
         ) from None
     try:
-        skeleton = json.loads(meta.read_text(encoding="utf-8"))
-        return unflatten_state(skeleton, tensors)
+        text = meta.read_bytes()
     except FileNotFoundError:
         raise FclkitError(f"state file {meta} does not exist") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FclkitError(f"state file {meta} is damaged ({exc})") from None
+    except OSError as exc:
+        raise FclkitError(f"state file {meta} cannot be read ({exc.strerror})") from None
+    # a file without metadata was written before digests were (it is read as it is)
+    if digest is not None and _digest(text, tensors) != digest:
+        raise FclkitError(f"state files {path} and {meta} do not match: one of them is "
+                          "damaged, or they come from different saves", hint=damaged)
+    try:
+        skeleton = json.loads(text.decode("utf-8"))
+        return unflatten_state(skeleton, tensors)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise FclkitError(f"state file {meta} is damaged ({exc})", hint=damaged) from None

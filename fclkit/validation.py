@@ -47,6 +47,8 @@ class UpdateValidator:
     def check(self, upload: Upload, expected_client: int | None = None) -> str | None:
         """``None`` when the upload is acceptable, else the reason it is rejected."""
         cid = upload.client_id
+        if isinstance(cid, bool) or not isinstance(cid, int):
+            return f"client id {cid!r} is not an integer"
         if expected_client is not None and cid != expected_client:
             return f"claims to be client {cid} but was sent by client {expected_client}"
         declared = self.architectures.get(cid)
@@ -79,8 +81,8 @@ class UpdateValidator:
         if not isinstance(state, Mapping):
             return [f"{what} is not a mapping of tensors"]
         problems: list[str] = []
-        missing = sorted(set(spec) - set(state))
-        extra = sorted(set(state) - set(spec))
+        missing = sorted(set(spec) - set(state), key=repr)
+        extra = sorted(set(state) - set(spec), key=repr)  # keys of any type
         if missing:
             problems.append(f"missing {prefix and what + ' '}tensors {missing[:MAX_REASONS]}")
         if extra:
