@@ -26,9 +26,9 @@ MLPs guided by EfficientNet-Lite0, ``one-by-one`` fusion), ``tasks=2``,
 ``rounds=1``. One-by-one distillation makes ``K * (K + 1)`` teacher passes per
 round (a global FM part and K personalised ones, each from K teachers), so its
 time grows quadratically with K; to keep 50 clients short the fusion runs
-``--fusion-epochs`` epochs per teacher (default 2 instead of the fusion's 20).
+``--fusion-epochs`` epochs per teacher (default 2 instead of the fusion's 5).
 Part 2 varies ``public_fraction`` (0.05, 0.1, 0.2, 0.4) with 3 clients and the
-default 20 fusion epochs.
+default 5 fusion epochs.
 
     python benchmarks/memory_scaling.py [--clients 1 10 50] [--fusion-epochs 2]
         [--public 0.05 0.1 0.2 0.4] [--quick] [--json out.json]
@@ -150,7 +150,7 @@ def child(spec: dict) -> None:
     warnings.simplefilter("ignore")
     out: dict = {"rss_start": rss()}
     import fclkit
-    import fclkit_builtins.local as local
+    import fclkit_builtins.local.engine as local
     import fclkit_builtins.vision.efficientnet as efficientnet
     from fclkit.progress import Reporter
 

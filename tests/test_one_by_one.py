@@ -271,3 +271,161 @@ def test_recalled_teacher_classes_need_server_labels(base):
     with pytest.raises(fclkit.ConfigError, match="holds no labels") as error:
         _fusion(base, teacher_classes="recalled")
     assert "--public-labels" in error.value.hint
+
+
+# --------------------------------------------- batched one-by-one (fusion option batched)
+
+def _hetero_uploads(exp, task):
+    """Three clients, MLP and CNN teachers with different weights and classes: the
+    lanes' class sets and teacher orders differ."""
+    import torch
+
+    out = []
+    for cid in exp.server.fusion.context.client_ids:
+        arch = ("mlp", "cnn")[cid % 2]
+        model = exp.build_small_model(arch)
+        gen = torch.Generator().manual_seed(100 + cid)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+        current = [0, 1] if task == 0 else [2, 3]
+        if cid == task + 1:  # one client already has a class of the next task
+            current.append(current[-1] + 1)
+        seen = sorted({*range(current[0]), *current})
+        out.append(Upload(client_id=cid, architecture=arch, classes_seen=tuple(seen),
+                          num_examples=10, small_state=model.state_dict(),
+                          metadata={"task_classes": current}))
+    return out
+
+
+def _both_paths(base, float64=False, **options):
+    """The downloads of a fusion's second round (task 2, the anchor active) with
+    batched = true and false, from the same start."""
+    import attrs
+
+    exp, fusion = _fusion(base, epochs=2, **options)
+    fm = exp.foundation_model  # shared by the process's runs: restored below
+    if float64:  # the head and its features in double: no rounding noise left
+        fm.head.double()
+        precompute = fm.precompute
+        fm.precompute = lambda x: precompute(x).double()
+    start = fusion.state_dict()
+    results = []
+    one_at_a_time = []  # the sequential path's calls
+    sequential = fusion._distil
+    fusion._distil = lambda *a, **k: one_at_a_time.append(1) or sequential(*a, **k)
+    try:
+        for batched in (True, False):
+            fusion.options = attrs.evolve(fusion.options, batched=batched)
+            fusion.load_state_dict(start)
+            fusion.fuse(RoundInfo(0, 0, 1), _hetero_uploads(exp, 0), [])
+            results.append(fusion.fuse(RoundInfo(1, 0, 1), _hetero_uploads(exp, 1), []))
+            assert bool(one_at_a_time) is not batched  # each path ran as asked
+    finally:
+        if float64:
+            fm.head.float()
+            del fm.precompute
+    return results
+
+
+def _max_difference(a, b):
+    assert a.global_fm_classes == b.global_fm_classes
+    pairs = [(a.global_fm_state, b.global_fm_state)]
+    for k, d in a.downloads.items():
+        assert d.fm_classes == b.downloads[k].fm_classes
+        pairs.append((d.fm_state, b.downloads[k].fm_state))
+    assert all(set(x) == set(y) for x, y in pairs)
+    return max(float((x[n] - y[n]).abs().max()) for x, y in pairs for n in x)
+
+
+_BATCHED_CASES = {  # name: (config, fusion options, float32 tolerance)
+    "kd": ({}, {}, 1e-5),
+    "labels-recalled": ({"public_labels": 5}, {}, None),
+    "kd-all-trust": ({"public_labels": 5}, {"anchor": "kd-all", "teacher_trust": "labels"},
+                     None),
+    "l2-ragged": ({}, {"anchor": "l2", "min_confidence": 0.5}, 1e-5),
+    "none-task-random": ({}, {"anchor": "none", "teacher_classes": "task",
+                              "order": "random"}, 1e-5),
+    "all-labelled": ({"public_labels": 1000}, {"min_confidence": 0.5}, None),
+    "distil-labelled": ({"public_labels": 3}, {"distil_labelled": True, "order": "own-first",
+                                               "label_weight": 2.0, "batch_size": 50}, None),
+    "mlp-head": ({"fm_options": {"head": "mlp"}}, {"anchor": "kd-all",
+                                                   "min_confidence": 0.3}, None),
+    "mlp-head-labels": ({"fm_options": {"head": "mlp"}, "public_labels": 5}, {}, None),
+    "not-personalised": ({}, {"personalise": False}, 1e-5),
+}
+
+
+@pytest.mark.parametrize("case", list(_BATCHED_CASES))
+def test_batched_distillation_equals_the_sequential_one(base, case):
+    """Every FM part of a round distilled at once gives what one at a time gives, with
+    heterogeneous teachers, lanes of different class sets and teacher orders, every
+    anchor, server labels, ragged lanes (min_confidence: teachers distilled on different
+    rows): in float64 to 1e-9. In float32, to 1e-5 with the linear head and no server
+    labels; with labels or the MLP head, float32 rounding noise alone moves the result
+    by up to ten Adam steps (lr 1e-3: the sequential path at 2 threads differs from
+    itself at 1 thread by 1e-3 with labels, 1e-2 with the MLP head), so only float64
+    can tell."""
+    config, options, tolerance = _BATCHED_CASES[case]
+    config = base.evolve(clients=3, client_models="mlp,cnn", **config)
+    batched, sequential = _both_paths(config, float64=True, **options)
+    assert _max_difference(batched, sequential) <= 1e-9
+    assert batched.global_fm_classes == (0, 1, 2, 3, 4)
+    if tolerance is not None:
+        batched, sequential = _both_paths(config, **options)
+        assert _max_difference(batched, sequential) <= tolerance
+
+
+def test_batched_falls_back_to_one_at_a_time_where_the_head_cannot_be_stacked(base):
+    """LoRA adapters (trainable state beyond the head) or a head of other layers: the
+    sequential path, whatever the option says."""
+    from torch import nn
+
+    from fclkit_builtins.one_by_one.batched import StackedHead
+
+    exp, fusion = _fusion(base, epochs=1)
+    assert fusion._stacked_head() is not None
+    assert StackedHead.of(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))) is None
+    assert StackedHead.of(nn.Sequential(nn.Linear(4, 3), nn.ReLU())) is None
+    fm = exp.foundation_model  # shared by the process's runs: restored below
+    head = fm.head
+    fm.trainable_state = lambda: {**type(fm).trainable_state(fm), "adapter.lora_A": head.weight}
+    try:
+        assert fusion._stacked_head() is None
+        del fm.trainable_state
+        fm.head = nn.Sequential(nn.Linear(fm.feature_dim, 8), nn.Tanh(),
+                                nn.Linear(8, exp.stream.num_classes))
+        assert fusion._stacked_head() is None
+        fusion.setup(fusion.context)  # FM parts of this head
+        result = fusion.fuse(RoundInfo(0, 0, 1), _uploads(exp), [])  # one at a time
+        assert set(result.downloads[0].fm_state) == {"head.0.weight", "head.0.bias",
+                                                     "head.2.weight", "head.2.bias"}
+    finally:
+        fm.__dict__.pop("trainable_state", None)
+        fm.head = head
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "plain-update"])
+def test_stacked_adam_is_one_torch_adam_per_lane(fused, monkeypatch):
+    """Per lane, StackedAdam takes torch.optim.Adam's steps; a lane left out of a step
+    keeps its parameters, moments and step count; gradients of any strides. The same
+    without torch's private fused kernel (a torch version that lacks it)."""
+    import torch
+
+    from fclkit_builtins.one_by_one.batched import StackedAdam
+
+    monkeypatch.setattr(StackedAdam, "fused_kernel", fused)
+    torch.manual_seed(0)
+    stacked = torch.randn(3, 4, 5)
+    lanes = [stacked[i].clone().requires_grad_(True) for i in range(3)]
+    optimizers = [torch.optim.Adam([p], lr=1e-2) for p in lanes]
+    adam = StackedAdam([stacked], lr=1e-2)
+    for active in ([True] * 3, [True, False, True], [False, True, True], [True] * 3):
+        grads = torch.randn(3, 5, 4).transpose(1, 2)  # not contiguous
+        adam.step([grads], active)
+        for i, (p, opt) in enumerate(zip(lanes, optimizers, strict=True)):
+            if active[i]:
+                p.grad = grads[i].clone()
+                opt.step()
+    for i, p in enumerate(lanes):
+        assert torch.allclose(stacked[i], p.detach(), atol=1e-7, rtol=0)

@@ -5,6 +5,7 @@ paper) and the baseline ``fm-only`` (the foundation model without private data).
   personalised FM part per client;
 * :mod:`.guidance` -- the client side: the FM guides each small model;
 * :mod:`.fm_only` -- the baseline;
+* :mod:`.batched` -- the fusion's K+1 FM parts distilled as one batched computation;
 * :mod:`.distillation` -- the knowledge-distillation loss they use.
 """
 

@@ -17,6 +17,11 @@ nothing. A global theta_g is distilled the same way from every teacher once
 would start from. Small models are never averaged, so clients may use different
 architectures. The method's client side -- the FM's guidance of the small
 models -- is :class:`~fclkit_builtins.one_by_one.guidance.FMGuidance`. See docs/method.md.
+
+With ``batched = true`` (default) and an FM whose trainable part is a plain head over
+frozen-backbone features, the K personalised parts and the global one are distilled
+together, each from its own teacher at every step (:mod:`.batched`); the results are
+those of one part at a time (:meth:`OneByOneDistillation._distil`) to float rounding.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from fclkit.config import (
 from fclkit.interfaces import KnowledgeFusion
 from fclkit.messages import Download, Failure, FusionResult, RoundInfo, Upload
 
+from .batched import Lane, StackedHead, distil_lanes
 from .guidance import FMGuidance
 
 
@@ -98,6 +104,11 @@ class OneByOneDistillation(KnowledgeFusion):
         distil_labelled: bool = setting(
             False, "also distil the teachers on the public examples whose label the server "
             "holds (False: where the label is known, it alone teaches)")
+        batched: bool = setting(
+            True, "distil all FM parts of a round together, as one batched computation "
+            "(same results as one at a time, to float rounding; several times faster with "
+            "many clients); used when the FM's trainable part is a plain head over frozen "
+            "backbone features (not with LoRA adapters); false: one part at a time")
         # the client side: Small Model Continual Fine-tuning (FMGuidance)
         guidance_weight: float = setting(
             1.0, "clients: weight of the foundation model's distillation term in the small "
@@ -146,16 +157,18 @@ class OneByOneDistillation(KnowledgeFusion):
             logits = self._teacher_logits(u, x_pub)
             teachers[u.client_id] = (logits, self._classes_of(u, logits))
         ids = sorted(teachers)
-        self.global_state, self.global_classes = self._distil(
-            self.global_state, self.global_classes, [teachers[u] for u in ids],
-            seed_parts=("global", round_info.task, round_info.round))
+        lanes = [Lane(self.global_state, self.global_classes, ids,
+                      ("global", round_info.task, round_info.round))]
+        if self.options.personalise:
+            lanes += [Lane(self.personal[k], self.personal_classes[k],
+                           self._order(k, ids, round_info), (k, round_info.task, round_info.round))
+                      for k in self.context.client_ids]
+        fused = self._distil_lanes(lanes, teachers)
+        self.global_state, self.global_classes = fused[0]
         downloads = {}
-        for k in self.context.client_ids:
+        for i, k in enumerate(self.context.client_ids):
             if self.options.personalise:
-                order = self._order(k, ids, round_info)
-                self.personal[k], self.personal_classes[k] = self._distil(
-                    self.personal[k], self.personal_classes[k], [teachers[u] for u in order],
-                    seed_parts=(k, round_info.task, round_info.round))
+                self.personal[k], self.personal_classes[k] = fused[1 + i]
                 state, classes = self.personal[k], self.personal_classes[k]
             else:
                 state, classes = self.global_state, self.global_classes
@@ -216,6 +229,38 @@ class OneByOneDistillation(KnowledgeFusion):
         with torch.no_grad():
             return torch.cat([model(x[i:i + 512].to(self.context.device)).cpu()
                               for i in range(0, len(x), 512)])
+
+    def _distil_lanes(self, lanes: list[Lane],
+                      teachers: dict[int, tuple[Any, list[int]]]) -> list[tuple[dict, list]]:
+        """Distil every lane (the global part first, then the clients'): all at once when
+        ``batched`` and the FM's trainable part allows it, else one after the other."""
+        fm = self.context.foundation_model
+        head = self._stacked_head() if self.options.batched else None
+        if head is None:
+            return [self._distil(lane.state, lane.known, [teachers[u] for u in lane.teachers],
+                                 seed_parts=lane.seed_parts) for lane in lanes]
+        z_pub = fm.precompute(self.context.public.x)
+        fused = distil_lanes(self, head, z_pub, lanes, teachers)
+        fm.load_trainable_state(fused[-1][0])  # as the sequential path leaves the FM
+        return fused
+
+    def _stacked_head(self) -> StackedHead | None:
+        """The FM's head in stacked form when the trainable part is that head alone, over
+        features :meth:`~fclkit.foundation.FrozenBackboneFoundationModel.precompute`
+        gives (no adapters, ``forward_precomputed`` not overridden); else None."""
+        from fclkit.foundation import FrozenBackboneFoundationModel
+
+        fm = self.context.foundation_model
+        if not isinstance(fm, FrozenBackboneFoundationModel) or (
+                type(fm).forward_precomputed is not
+                FrozenBackboneFoundationModel.forward_precomputed):
+            return None
+        if getattr(fm, "device", None) is None or fm.device.type not in ("cpu", "cuda"):
+            return None  # torch's fused Adam kernel: CPU and CUDA
+        head = StackedHead.of(fm.head)
+        if head is None or set(fm.trainable_state()) != {f"head.{n}" for n in head.names}:
+            return None  # adapters (LoRA) train too: their backbone pass is not batched
+        return head
 
     def _distil(self, state: dict[str, Any], known: list[int],
                 teachers: list[tuple[Any, list[int]]], seed_parts: tuple) -> tuple[dict, list]:
