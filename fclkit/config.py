@@ -149,6 +149,11 @@ class ExperimentConfig:
                           component_name, str)
     name: str = setting("", "name of the results folder (default: made from cl, fusion, seed "
                         "and time)", None, str)
+    cache_dir: str = setting(
+        "auto", "folder of the on-disk cache of the foundation model's frozen-backbone "
+        "features, shared by runs: 'auto' is $FCLKIT_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/fclkit/features, else ~/.cache/fclkit/features; 'none' keeps "
+        "features in memory only. Results are identical either way", None, str)
 
     if TYPE_CHECKING:  # the component fields, made from fclkit.kinds.KINDS
         def __getattr__(self, name: str) -> Any: ...

