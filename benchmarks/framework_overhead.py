@@ -3,8 +3,8 @@
 The fclkit side is ``fclkit.run(ExperimentConfig(benchmark="digits", cl="naive",
 fusion="one-by-one", clients=3, tasks=5, rounds=3, threads=1))``: the full method
 with its default foundation model (EfficientNet-Lite0, frozen backbone, cached
-features, linear head), FM guidance of the small models (``guidance_weight = 1``)
-(on every example: ``guidance_examples = "all"``) and one-by-one distillation on the
+features, linear head), FM guidance of the small models (``guidance_weight = 1``,
+on every example: fusion option ``guidance_examples = "all"``) and one-by-one distillation on the
 server (the fusion's default epochs per teacher, batch 64 and Adam learning rate, KD
 anchor, teachers others-first). It runs three times per repeat:
 with ``write_results=False`` (nothing on disk: the ratio below), with the results
@@ -81,11 +81,13 @@ TARGET = 1.10
 def fclkit_config(args: argparse.Namespace, **changes: Any):
     import fclkit
 
-    fusion_options = {} if args.fusion_epochs is None else {"epochs": args.fusion_epochs}
+    # the hand-written side guides on every example
+    fusion_options: dict[str, Any] = {"guidance_examples": "all"}
+    if args.fusion_epochs is not None:
+        fusion_options["epochs"] = args.fusion_epochs
     return fclkit.ExperimentConfig(
         benchmark="digits", cl="naive", fusion="one-by-one", clients=args.clients,
         tasks=args.tasks, rounds=args.rounds, epochs=args.epochs, threads=1, seed=0,
-        guidance_examples="all",  # the hand-written side guides on every example
         fusion_options=fusion_options, **changes)
 
 
@@ -198,7 +200,7 @@ def run_hand(args: argparse.Namespace, loader: str) -> dict:
 
     from fclkit.interfaces import StreamSpec
     from fclkit_builtins.digits.benchmark import DigitsBenchmark
-    from fclkit_builtins.one_by_one import OneByOneDistillation
+    from fclkit_builtins.one_by_one.fusion import OneByOneDistillation
 
     obod = OneByOneDistillation.Options()
     f_epochs = args.fusion_epochs or obod.epochs
@@ -405,8 +407,9 @@ def _profile(fn) -> dict[str, tuple[float, float, int]]:
 
 
 #: fclkit functions and their counterparts on the hand-written side (same work)
-COUNTERPARTS = {"fclkit/distillation.py:kd_loss": "benchmarks/framework_overhead.py:kd",
-                "plugins/fclkit_builtins/one_by_one/__init__.py:_distil":
+COUNTERPARTS = {"plugins/fclkit_builtins/one_by_one/distillation.py:kd_loss":
+                    "benchmarks/framework_overhead.py:kd",
+                "plugins/fclkit_builtins/one_by_one/fusion.py:_distil":
                     "benchmarks/framework_overhead.py:distil",
                 "plugins/fclkit_builtins/vision/efficientnet.py:encode":
                     "benchmarks/framework_overhead.py:encode"}
@@ -546,7 +549,7 @@ def main() -> None:
     if args.no_checkpoints:
         del variants["fclkit+ckpt"], variants["fclkit+ckpt+tb"]
     names = list(variants)
-    from fclkit_builtins.one_by_one import OneByOneDistillation
+    from fclkit_builtins.one_by_one.fusion import OneByOneDistillation
 
     fusion_epochs = args.fusion_epochs or OneByOneDistillation.Options().epochs
     print(f"digits, cl naive, fusion one-by-one, {args.clients} clients x {args.tasks} tasks x "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,7 +98,7 @@ def _with_kind_flags(command: Any) -> Any:
 #: the run's own flags (besides the component kinds' and --config): field -> flag
 RUN_FIELDS = ("clients", "tasks", "rounds", "epochs", "batch_size", "lr", "partition",
               "public_fraction", "public_labels", "dirichlet_alpha", "seed", "threads",
-              "device", "name")
+              "device", "name", "cache_dir")
 
 
 def run(
@@ -119,6 +120,8 @@ def run(
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=_help("output"))] = None,
     name: Annotated[str | None, typer.Option(help=_help("name"))] = None,
+    cache_dir: Annotated[str | None, typer.Option(
+        metavar="DIR", help=_help("cache_dir"))] = None,
     guidance_weight: Annotated[float | None, typer.Option(
         hidden=True, help="deprecated: --fusion-opt guidance_weight=W")] = None,
     guidance_examples: Annotated[str | None, typer.Option(
@@ -184,7 +187,7 @@ app.command()(_with_kind_flags(run))
 
 
 def _print_table(console: Any, title: str, columns: tuple[str, ...],
-                 rows: list[tuple[str, ...]], whole: int) -> None:
+                 rows: Sequence[Sequence[str]], whole: int) -> None:
     """A table whose first ``whole`` columns (names, kinds) are never cut or wrapped, so
     ``fclkit plugins | grep NAME`` finds every name at any terminal width or through a
     pipe: the other columns wrap, and the table is wider than the terminal rather than
@@ -270,6 +273,83 @@ def init(
               False)
     path.write_text(commented_toml(), encoding="utf-8")
     _console().print(f"wrote {path}; run it with: fclkit run --config {path}")
+
+
+cache_app = typer.Typer(
+    name="cache", no_args_is_help=True,
+    help="The on-disk cache of foundation-model features (run setting cache_dir).")
+app.add_typer(cache_app)
+
+_CACHE_DIR_HELP = ("the cache folder (default: the run default, $FCLKIT_CACHE_DIR, else "
+                   "$XDG_CACHE_HOME/fclkit/features, else ~/.cache/fclkit/features)")
+
+
+def _cache_root(cache_dir: str | None) -> Path | None:
+    from .feature_cache import resolve_cache_dir
+
+    return resolve_cache_dir(cache_dir)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+_IDENTITY_BASE = ("fm", "class", "weights", "torch", "device", "input", "source")
+
+
+@cache_app.command("info")
+def cache_info(
+    cache_dir: Annotated[str | None, typer.Option(metavar="DIR", help=_CACHE_DIR_HELP)] = None,
+) -> None:
+    """Show the cache folder, its size and the entries per backbone identity."""
+    import time
+
+    from .feature_cache import folder_info
+
+    root = _cache_root(cache_dir)
+    console = _console()
+    if root is None:
+        console.print("the disk feature cache is off (cache_dir = none)")
+        return
+    rows = folder_info(root)
+    total = sum(r["bytes"] for r in rows)
+    console.print(f"folder: {escape(str(root))}{'' if root.is_dir() else ' (not created yet)'}")
+    console.print(f"size: {_size(total)} in {sum(r['shards'] for r in rows)} shards, "
+                  f"{sum(r['entries'] for r in rows)} feature vectors, "
+                  f"{len(rows)} backbone identit{'y' if len(rows) == 1 else 'ies'}")
+    if not rows:
+        return
+    for r in rows:  # one line per identity (greppable at any terminal width)
+        ident = r["identity"]
+        opts = " ".join(f"{k}={v}" for k, v in ident.items() if k not in _IDENTITY_BASE
+                        and not k.endswith("_hash"))
+        used = (time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"]))
+                if r["last_used"] else "-")
+        damaged = f" (+{r['damaged']} damaged)" if r["damaged"] else ""
+        console.print(escape(
+            f"  {r['digest'][:12]}  {ident.get('fm', '?')}  weights "
+            f"{str(ident.get('weights', '?'))[:8]}  {opts}  {r['entries']} entries  "
+            f"{r['shards']} shards{damaged}  {_size(r['bytes'])}  last used {used}"),
+            soft_wrap=True)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: Annotated[str | None, typer.Option(metavar="DIR", help=_CACHE_DIR_HELP)] = None,
+) -> None:
+    """Delete every cached feature (only the files the cache wrote)."""
+    from .feature_cache import clear_folder
+
+    root = _cache_root(cache_dir)
+    if root is None:
+        _console().print("the disk feature cache is off (cache_dir = none): nothing to clear")
+        return
+    files, nbytes = clear_folder(root)
+    _console().print(f"removed {files} files ({_size(nbytes)}) from {escape(str(root))}")
 
 
 def _version_callback(value: bool) -> None:

@@ -12,9 +12,11 @@ the code generates.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -87,14 +89,31 @@ def configuration_reference() -> str:
         lines.append(f"| `{name}` | {_fmt(a.default)} | {a.metadata['help']} |")
     lines.append(options_intro().rstrip("\n"))
     registry = build_registry(load_entry_points=True)
-    for entry in registry.all():
-        if entry.distribution != "fclkit":
-            continue
+    builtins = [e for e in registry.all() if e.distribution == "fclkit"]
+    groups: dict[tuple[str, str, type], list[Any]] = {}
+    for entry in builtins:  # components of a plugin that share their options: one section
+        groups.setdefault((entry.kind, entry.plugin, entry.cls.Options), []).append(entry)
+    for entry in builtins:
         rows = options_help(entry.cls.Options)
-        lines.append("")
-        lines.append(f"### {entry.kind.replace('_', ' ')} `{entry.name}`")
-        lines.append("")
-        lines.append(entry.cls.description or "")
+        group = groups[(entry.kind, entry.plugin, entry.cls.Options)]
+        kind = entry.kind.replace("_", " ")
+        if rows and len(group) > 1:
+            if entry is not group[0]:
+                continue
+            names = [e.name for e in group]
+            prefix = os.path.commonprefix(names)
+            listed = ", ".join(f"`{n}`" for n in names)
+            others = [e.name for e in builtins if e.kind == entry.kind and e not in group]
+            wildcard = len(prefix) > 1 and not any(n.startswith(prefix) for n in others)
+            lines += ["", f"### {kind}s `{prefix}*`" if wildcard else f"### {kind}s {listed}",
+                      ""]
+            descriptions = {e.cls.description or "" for e in group}
+            if len(descriptions) == 1:
+                lines.append(f"{len(names)} {kind}s, each {descriptions.pop()}: {listed}.")
+            else:
+                lines += [f"- `{e.name}`: {e.cls.description or ''}" for e in group]
+        else:
+            lines += ["", f"### {kind} `{entry.name}`", "", entry.cls.description or ""]
         if not rows:
             lines.append("")
             lines.append("No options.")
@@ -147,7 +166,12 @@ def cli_reference() -> str:
 
     group = typer.main.get_command(app)
     lines = [CLI_HEADER.rstrip("\n")]
+    commands: list[tuple[str, Any]] = []
     for name, command in group.commands.items():  # type: ignore[attr-defined]
+        sub = getattr(command, "commands", None)  # a sub-app (fclkit cache info|clear)
+        commands += ([(f"{name} {n}", c) for n, c in sub.items()] if sub
+                     else [(name, command)])
+    for name, command in commands:
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         options = [p for p in command.params if p.param_type_name == "option"]
         usage = " ".join(["fclkit", name, "[OPTIONS]"]

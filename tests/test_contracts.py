@@ -1,5 +1,8 @@
 """Every built-in component passes the contract suite that plugin authors use."""
 
+import importlib.util
+
+import attrs
 import pytest
 
 from fclkit import testing
@@ -10,6 +13,12 @@ BUILTIN = {kind: sorted(n for n, e in REGISTRY.components[kind].items()
                         if e.distribution == "fclkit")
            for kind in REGISTRY.components}
 OFFLINE_BENCHMARKS = ["digits", "mnist", "langid"]
+# the zoo plugin registers ~80 torchvision models sharing one implementation: two stand for
+# them here (tests/test_zoo.py checks more); building every one would take minutes
+ZOO_CHECKED = ["tv-resnet18", "tv-mobilenet-v3-small",
+               *(["timm"] if importlib.util.find_spec("timm") else [])]  # timm is optional
+CLIENT_MODELS = [n for n in BUILTIN["client_model"]
+                 if REGISTRY.get("client_model", n).plugin != "zoo" or n in ZOO_CHECKED]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,19 +36,21 @@ def test_strategy_contract(name):
     testing.check_strategy(REGISTRY.get("strategy", name).cls)
 
 
-@pytest.mark.parametrize("name", ["fedavg", "isolated"])
+@pytest.mark.parametrize("name", ["fedavg", "isolated", "fedprox", "feddf"])
 def test_fusion_contract(name):
     testing.check_fusion(REGISTRY.get("fusion", name).cls)
 
 
-@pytest.mark.parametrize("name", ["one-by-one", "fm-only"])
+@pytest.mark.parametrize("name", ["one-by-one", "fm-only", "feddf", "fm-fedavg"])
 def test_fm_fusion_contract(name):
     fm = REGISTRY.get("foundation_model", "efficientnet-lite").cls()
     fm.setup(testing.INPUT_SPECS["image"], testing.NUM_CLASSES, "cpu")
-    testing.check_fusion(REGISTRY.get("fusion", name).cls, {"epochs": 1}, foundation_model=fm)
+    cls = REGISTRY.get("fusion", name).cls
+    options = {"epochs": 1} if "epochs" in attrs.fields_dict(cls.Options) else {}
+    testing.check_fusion(cls, options, foundation_model=fm)
 
 
-@pytest.mark.parametrize("name", BUILTIN["client_model"])
+@pytest.mark.parametrize("name", CLIENT_MODELS)
 def test_client_model_contract(name):
     testing.check_client_model(REGISTRY.get("client_model", name).cls)
 
@@ -59,7 +70,8 @@ def test_logger_contract(name, monkeypatch):
 
 
 def test_every_offline_builtin_is_covered():
-    assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only"}
+    assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only",
+                                      "fedprox", "feddf", "fm-fedavg"}
     assert set(OFFLINE_BENCHMARKS) <= set(BUILTIN["benchmark"])
     assert BUILTIN["logger"] == ["tensorboard", "wandb"]
 
