@@ -150,10 +150,13 @@ class ExperimentConfig:
     name: str = setting("", "name of the results folder (default: made from cl, fusion, seed "
                         "and time)", None, str)
     cache_dir: str = setting(
-        "auto", "folder of the on-disk cache of the foundation model's frozen-backbone "
-        "features, shared by runs: 'auto' is $FCLKIT_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/fclkit/features, else ~/.cache/fclkit/features; 'none' keeps "
-        "features in memory only. Results are identical either way", None, str)
+        "none", "folder of an on-disk cache of the foundation model's frozen-backbone "
+        "features, shared by runs: 'none' (the default) keeps them in memory for the run "
+        "only; 'auto' is $FCLKIT_CACHE_DIR, else $XDG_CACHE_HOME/fclkit/features, else "
+        "~/.cache/fclkit/features; or a folder. A run finds there the features earlier "
+        "runs computed: bit-identical when those runs were of the same configuration, "
+        "while features another configuration computed in other backbone batches may "
+        "differ in their last bits (see docs/performance.md)", None, str)
 
     if TYPE_CHECKING:  # the component fields, made from fclkit.kinds.KINDS
         def __getattr__(self, name: str) -> Any: ...
