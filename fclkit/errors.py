@@ -34,12 +34,22 @@ class UnknownComponentError(FclkitError, KeyError):
     def __init__(self, kind: str, name: str, available: Iterable[str]):
         self.kind = kind
         self.name = name
+        import difflib
+
         self.available = sorted(available)
-        listed = ", ".join(self.available) or "none installed"
+        shown = self.available if len(self.available) <= self.MAX_LISTED else [
+            *self.available[:self.MAX_LISTED - 3],
+            f"... ({len(self.available) - self.MAX_LISTED + 3} more)"]
+        listed = ", ".join(shown) or "none installed"
+        close = difflib.get_close_matches(name, self.available, n=3)
+        hint = "`fclkit plugins` lists every installed component and the plugin providing it"
         super().__init__(
             f"unknown {kind} {name!r}; available: {listed}",
-            hint="`fclkit plugins` lists every installed component and the plugin providing it",
+            hint=(f"did you mean {' or '.join(map(repr, close))}? " if close else "") + hint,
         )
+
+    #: names listed in the message at most (the rest: `fclkit plugins`)
+    MAX_LISTED = 20
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return self.args[0]
