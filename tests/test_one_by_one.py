@@ -361,7 +361,9 @@ def test_batched_distillation_equals_the_sequential_one(base, case):
     """Every FM part of a round distilled at once gives what one at a time gives, with
     heterogeneous teachers, lanes of different class sets and teacher orders, every
     anchor, server labels, ragged lanes (min_confidence: teachers distilled on different
-    rows): in float64 to 1e-9. In float32, to 1e-5 with the linear head and no server
+    rows): in float64 to 1e-7 (measured up to 1.3e-9: Adam's division by the root of its
+    second moment amplifies rounding; a wrong batch or loss term differs by 1e-3 or more).
+    In float32, to 1e-5 with the linear head and no server
     labels; with labels or the MLP head, float32 rounding noise alone moves the result
     by up to ten Adam steps (lr 1e-3: the sequential path at 2 threads differs from
     itself at 1 thread by 1e-3 with labels, 1e-2 with the MLP head), so only float64
@@ -369,7 +371,7 @@ def test_batched_distillation_equals_the_sequential_one(base, case):
     config, options, tolerance = _BATCHED_CASES[case]
     config = base.evolve(clients=3, client_models="mlp,cnn", **config)
     batched, sequential = _both_paths(config, float64=True, **options)
-    assert _max_difference(batched, sequential) <= 1e-9
+    assert _max_difference(batched, sequential) <= 1e-7
     assert batched.global_fm_classes == (0, 1, 2, 3, 4)
     if tolerance is not None:
         batched, sequential = _both_paths(config, **options)
