@@ -231,11 +231,29 @@ class FrozenBackboneFoundationModel(FoundationModel):
         order = self.batch_order(x) if len(x) > bs else None
         if order is not None:  # e.g. texts by length: less padding per backbone batch
             x = x[order.to(x.device)]
-        parts = [self.encode(x[i:i + bs]).float() for i in range(0, len(x), bs)]
+        parts = [self._encode_padded(x[i:i + bs]) for i in range(0, len(x), bs)]
         out = torch.cat(parts) if parts else self.encode(x).float()
         if order is not None:
             out = out[torch.argsort(order.to(out.device))]
         return out
+
+    #: backbone batches smaller than this are padded to it (copies of their last row,
+    #: dropped from the output): CPU kernels pick other algorithms for very small
+    #: batches, which changes a row's features in their last bits (EfficientNet-Lite0,
+    #: one thread: batches of 1 to 15 rows differ from 16 and more, which all agree),
+    #: so a row's features would depend on which rows it was first computed with --
+    #: and a resumed run, or one reading a disk cache, would not match an
+    #: uninterrupted one. ``benchmarks/batch_invariance.py`` measures it.
+    MIN_BACKBONE_BATCH = 16
+
+    def _encode_padded(self, x: Any) -> Any:
+        import torch
+
+        short = self.MIN_BACKBONE_BATCH - len(x)
+        if short <= 0 or len(x) == 0:
+            return self.encode(x).float()
+        padded = torch.cat([x, x[-1:].expand(short, *x.shape[1:])])
+        return self.encode(padded).float()[: len(x)]
 
     def _timed_backbone_pass(self, x: Any) -> Any:
         start = time.perf_counter()
