@@ -95,12 +95,6 @@ def _with_kind_flags(command: Any) -> Any:
     return command
 
 
-#: the run's own flags (besides the component kinds' and --config): field -> flag
-RUN_FIELDS = ("clients", "tasks", "rounds", "epochs", "batch_size", "lr", "partition",
-              "public_fraction", "public_labels", "dirichlet_alpha", "seed", "threads",
-              "device", "name", "cache_dir")
-
-
 def run(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML file with the experiment (flags override it)")] = None,
@@ -140,11 +134,13 @@ def run(
     (NAME.key=value sets one component's option, e.g. --model-opt mlp.hidden=64).
     """
     from . import kinds
-    from .config import load_config, parse_option_pairs
+    from .config import FIELDS, load_config, parse_option_pairs
 
+    # every parameter named like a configuration field is an override (the flag list
+    # above is the only place that names them)
     given = dict(locals())
     try:
-        overrides: dict[str, Any] = {f: given[f] for f in RUN_FIELDS}
+        overrides: dict[str, Any] = {f: v for f, v in given.items() if f in FIELDS}
         overrides["output"] = str(output) if output is not None else None
         overrides["guidance_weight"] = guidance_weight
         overrides["guidance_examples"] = guidance_examples
