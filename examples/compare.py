@@ -1,32 +1,43 @@
-"""The comparison: one-by-one distillation against the baselines, over several seeds.
+"""The comparison that decides: the method against the strongest baselines, the ceilings
+and its own ablations, over several seeds and benchmarks.
 
-    python examples/compare.py --benchmark digits --seeds 0 1 2 --public-labels 5 --sweep 1 1000
+    python examples/compare.py --benchmark digits langid split-fmnist --seeds 0 1 2 --jobs 2
 
-For each benchmark and seed it runs
+For each benchmark and seed it runs (docs/results.md explains every row):
 
-* the method: ``--fusion one-by-one`` with each of naive / ewc / lwf / replay, with
-  homogeneous small models and with heterogeneous ones;
-* the baselines: FedAvg fine-tuning (fedavg x naive), FedLwF (fedavg x lwf),
-  FedEWC (fedavg x ewc), and the foundation model without private data
-  (``fm-only``),
+* **the method**: ``one-by-one`` with each of naive / ewc / lwf / replay, with homogeneous
+  and with heterogeneous small models;
+* **baselines**, by kind (DESIGN.md §7): small models with a memory (``isolated`` and
+  ``fedavg`` with replay, FedAvg with DER, FedProx with replay, and FedAvg with naive /
+  LwF / EWC); ensemble distillation for heterogeneous fleets (``feddf`` with replay, into
+  the small models and the FM part); the FM side (``fm-only``: the FM without private
+  data; ``fm-fedavg``: the clients train the FM part on their own data, averaged);
+* **ceilings**: the FM part, and each small architecture, trained on every client's
+  data at once (one client, one task, as many epochs as the whole stream): not
+  federated, not continual;
+* **ablations** of the method (one-by-one x replay): guidance off, teacher order,
+  without server labels, an MLP head instead of a linear one (and LoRA adapters for a
+  text FM);
+* **the public set's size**: one-by-one x replay and fm-only with smaller and larger
+  public sets.
 
-with the server holding ``--public-labels`` labelled examples per class of its public set
-(the same labels for the method and for ``fm-only``; the rest of the public set is
-unlabelled). ``--sweep`` adds runs of ``one-by-one x replay`` and ``fm-only`` at other
-label budgets: where the FM alone catches up with the method.
+The server holds ``--public-labels`` labelled examples per class of its public set, for
+every fusion that uses them. ``--rows core`` keeps the rows the goal check needs.
 
-It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final
-average accuracy and average forgetting of every evaluated model, a figure, the
-label sweep, a check of the goal computed from the table, and the command that
-made them. Every run's results folder stays under ``--output`` (``fclkit report``
-draws any of them); finished runs found there are reused.
+It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final average
+accuracy and forgetting of every model a row trains, a figure per benchmark, and the goal
+check computed from the table against the best baseline of each kind. Every run's results
+folder stays under ``--output`` (``fclkit report`` draws any of them); a finished run found
+there is reused when its configuration is the one asked for.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import json
+import multiprocessing
 import statistics
 import sys
 import time
@@ -35,37 +46,128 @@ from typing import Any
 
 import fclkit
 
-SMALL_MODELS = {  # homogeneous, heterogeneous
-    "digits": ("mlp", "mlp,cnn,lenet"),
-    "mnist": ("cnn", "mlp,cnn,lenet"),
-    "langid": ("text-cnn", "text-bow,text-cnn,text-gru"),
+#: per benchmark: homogeneous and heterogeneous small models, benchmark options of every
+#: run, and how its public set is resized (a run setting or a benchmark option, and sizes)
+BENCHMARKS: dict[str, dict[str, Any]] = {
+    "digits": {"homo": "mlp", "hetero": "mlp,cnn,lenet", "options": {},
+               "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
+    "mnist": {"homo": "cnn", "hetero": "mlp,cnn,lenet", "options": {},
+              "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
+    "langid": {"homo": "text-cnn", "hetero": "text-bow,text-cnn,text-gru", "options": {},
+               "public": ("public_per_language", (10, 90)), "default_public": 30},
+    "langid-real": {"homo": "text-cnn", "hetero": "text-bow,text-cnn,text-gru",
+                    "options": {}, "public": None, "default_public": None},
+    # the few-examples regime of a real image set: 200 training images per class
+    "split-fmnist": {"homo": "cnn", "hetero": "mlp,cnn,lenet",
+                     "options": {"train_per_class": 200},
+                     "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
 }
-METHOD = [("one-by-one", cl) for cl in ("naive", "ewc", "lwf", "replay")]
-BASELINES = [("fedavg", "naive", "FedAvg fine-tuning"), ("fedavg", "lwf", "FedLwF"),
-             ("fedavg", "ewc", "FedEWC"), ("fm-only", "naive", "FM without private data")]
+TEXT_FM = ("langid", "langid-real")  # benchmarks whose FM (hf) can train LoRA adapters
+
 MODELS = ("fm", "fm_global", "small")
 LABELS = {"fm": "personalised FM", "fm_global": "global FM", "small": "small models"}
+METHOD_CL = ("naive", "ewc", "lwf", "replay")
+METHOD = "one-by-one × replay"  # the method row the goal check and ablations are about
+FM_ONLY, FM_FEDAVG = "FM without private data (fm-only)", "FM-side FedAvg (fm-fedavg)"
+FEDDF, FEDAVG_REPLAY, ISOLATED = "FedDF × replay", "FedAvg × replay", "isolated × replay"
+FM_CEILING = "FM part, joint"
+GROUPS = {"method": "The method", "baseline": "Baselines", "ceiling": "Ceilings",
+          "ablation": "Ablations of the method (one-by-one × replay)",
+          "public": "The public set's size (one-by-one × replay and fm-only)"}
+#: rows the goal check needs (``--rows core``)
+CORE = {METHOD, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
+        FM_CEILING}
 
 
-SWEPT = ("one-by-one × replay", "FM without private data")
+def _row(label: str, group: str, fusion: str, cl: str, models: str, client_models: str,
+         labels: int, shows: tuple[str, ...] = MODELS, **settings: Any) -> dict:
+    return {"label": label, "group": group, "fusion": fusion, "cl": cl, "models": models,
+            "client_models": client_models, "labels": labels, "shows": shows,
+            "set": settings}
 
 
-def plan(benchmark: str, labels: int, sweep: list[int]) -> list[dict]:
-    homo, hetero = SMALL_MODELS[benchmark]
+def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
+         tasks: int = 5, rounds: int = 3) -> list[dict]:
+    """Every run of one benchmark and seed; ``fm``: the benchmark's default FM (FedDF
+    distils into it), ``tasks``/``rounds``: the runs' (a ceiling trains as long)."""
+    spec = BENCHMARKS[benchmark]
+    homo, hetero = spec["homo"], spec["hetero"]
+    small, fm_side = ("small",), ("fm", "fm_global")
     runs = []
     for models, kind in ((homo, "homogeneous"), (hetero, "heterogeneous")):
-        for fusion, cl in METHOD:
-            runs.append({"label": f"one-by-one × {cl}", "fusion": fusion, "cl": cl,
-                         "client_models": models, "models": kind, "labels": labels})
-    for fusion, cl, label in BASELINES:
-        runs.append({"label": label, "fusion": fusion, "cl": cl, "client_models": homo,
-                     "models": "homogeneous", "labels": labels})
-    for budget in sweep:
-        if budget != labels:
-            runs += [{**r, "labels": budget} for r in list(runs)
-                     if r["label"] in SWEPT and r["models"] == "homogeneous"
-                     and r["labels"] == labels]
+        runs += [_row(f"one-by-one × {cl}", "method", "one-by-one", cl, kind, models, labels)
+                 for cl in METHOD_CL]
+    runs += [
+        _row(ISOLATED, "baseline", "isolated", "replay", "homogeneous", homo, labels, small),
+        _row(ISOLATED, "baseline", "isolated", "replay", "heterogeneous", hetero, labels,
+             small),
+        _row(FEDAVG_REPLAY, "baseline", "fedavg", "replay", "homogeneous", homo, labels,
+             small),
+        _row("FedAvg × DER", "baseline", "fedavg", "der", "homogeneous", homo, labels, small),
+        _row("FedProx × replay", "baseline", "fedprox", "replay", "homogeneous", homo,
+             labels, small),
+        _row("FedAvg fine-tuning", "baseline", "fedavg", "naive", "homogeneous", homo,
+             labels, small),
+        _row("FedEWC", "baseline", "fedavg", "ewc", "homogeneous", homo, labels, small),
+        _row("FedLwF", "baseline", "fedavg", "lwf", "homogeneous", homo, labels, small),
+        _row(FEDDF, "baseline", "feddf", "replay", "homogeneous", homo, labels, fm=fm),
+        _row(FEDDF, "baseline", "feddf", "replay", "heterogeneous", hetero, labels, fm=fm),
+        _row(FM_ONLY, "baseline", "fm-only", "naive", "homogeneous", homo, max(labels, 1),
+             fm_side),
+        _row(FM_FEDAVG, "baseline", "fm-fedavg", "replay", "homogeneous", homo, labels,
+             fm_side),
+    ]
+    joint = {"clients": 1, "tasks": 1, "rounds": tasks * rounds}
+    runs.append(_row(FM_CEILING, "ceiling", "fm-fedavg", "naive", "homogeneous", homo,
+                     labels, fm_side, **joint))
+    runs.append(_row("FM part, joint, MLP head", "ceiling", "fm-fedavg", "naive",
+                     "homogeneous", homo, labels, fm_side, fm_options={"head": "mlp"},
+                     **joint))
+    if benchmark in TEXT_FM:
+        runs.append(_row("FM part, joint, LoRA", "ceiling", "fm-fedavg", "naive",
+                         "homogeneous", homo, labels, fm_side, fm_options={"lora": True},
+                         **joint))
+    for arch in dict.fromkeys(hetero.split(",")):
+        runs.append(_row(f"small model {arch}, joint", "ceiling", "fedavg", "naive",
+                         "homogeneous", arch, labels, small, **joint))
+    runs += [
+        _row("guidance off", "ablation", "one-by-one", "replay", "homogeneous", homo, labels,
+             fusion_options={"guidance_weight": 0.0}),
+        _row("own model first", "ablation", "one-by-one", "replay", "homogeneous", homo,
+             labels, fusion_options={"order": "own-first"}),
+        _row("random teacher order", "ablation", "one-by-one", "replay", "homogeneous", homo,
+             labels, fusion_options={"order": "random"}),
+        _row("no server labels", "ablation", "one-by-one", "replay", "homogeneous", homo, 0),
+        _row("MLP head", "ablation", "one-by-one", "replay", "homogeneous", homo, labels,
+             fm_options={"head": "mlp"}),
+    ]
+    if spec["public"] is not None:
+        where, sizes = spec["public"]
+        for size in sizes:
+            extra = ({where: size} if where in fclkit.config.FIELDS
+                     else {"benchmark_options": {where: size}})
+            for label, fusion, shows in ((METHOD, "one-by-one", MODELS),
+                                         (FM_ONLY, "fm-only", fm_side)):
+                runs.append(_row(f"{label}, public {size}", "public", fusion,
+                                 "replay" if fusion == "one-by-one" else "naive",
+                                 "homogeneous", homo, max(labels, 1), shows, **extra))
+    if rows == "core":
+        runs = [r for r in runs if r["label"] in CORE
+                or (r["group"] == "ceiling" and r["label"].startswith("small model"))]
+    options = spec["options"]
+    for r in runs:  # every run of a benchmark shares its options (and may add its own)
+        if options or "benchmark_options" in r["set"]:
+            r["set"]["benchmark_options"] = {**options, **r["set"].get("benchmark_options", {})}
+        if r["set"].get("fm") is None:
+            r["set"].pop("fm", None)
     return runs
+
+
+def run_name(benchmark: str, spec: dict, seed: int) -> str:
+    """The run's folder name: the row and its models, readable and unique per row."""
+    slug = "".join(c if c.isalnum() else "-" for c in spec["label"].replace("×", "x"))
+    slug = "-".join(p for p in slug.lower().split("-") if p)
+    return f"{benchmark}-L{spec['labels']}-{slug}-{spec['models'][:6]}-s{seed}"
 
 
 #: config fields added after runs were made, whose default changes nothing
@@ -127,42 +229,76 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
                  "pass another --output, or move that folder away to rerun it")
 
 
+def _run_one(kwargs: dict) -> tuple[dict, float]:
+    """One run (in a worker process when ``--jobs`` > 1): its metrics and wall time."""
+    started = time.perf_counter()
+    metrics = fclkit.run(fclkit.ExperimentConfig(**kwargs)).metrics
+    return metrics, time.perf_counter() - started
+
+
+def _config_kwargs(benchmark: str, spec: dict, seed: int, output: Path,
+                   overrides: dict) -> dict:
+    settings = {**overrides, **spec["set"]}
+    for table in ("benchmark_options", "fusion_options", "fm_options", "cl_options"):
+        if table in overrides and table in spec["set"]:
+            settings[table] = {**overrides[table], **spec["set"][table]}
+    return {"benchmark": benchmark, "fusion": spec["fusion"], "cl": spec["cl"],
+            "client_models": spec["client_models"], "seed": seed,
+            "public_labels": spec["labels"], "output": str(output),
+            "name": run_name(benchmark, spec, seed), **settings}
+
+
+def _row_result(benchmark: str, spec: dict, seed: int, metrics: dict) -> dict:
+    return {**spec, "benchmark": benchmark, "seed": seed,
+            "seconds": metrics.get("timings_seconds", {}).get("total", 0.0),
+            "results": {m: {"accuracy": metrics["mean"][m]["average_accuracy"],
+                            "forgetting": metrics["mean"][m]["average_forgetting"]}
+                        for m in metrics["models"] if m in spec["shows"]}}
+
+
+def _default_fm(benchmark: str) -> str | None:
+    return _registry().get("benchmark", benchmark).cls.default_foundation_model
+
+
 def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict,
-            labels: int, sweep: list[int], reuse_only: bool = False) -> list:
-    rows = []
-    total = sum(len(plan(b, labels, sweep)) for b in benchmarks) * len(seeds)
-    done = 0
+            labels: int, rows: str = "all", reuse_only: bool = False,
+            jobs: int = 1) -> list:
+    """Run (or reuse) every planned run; the rows of the finished ones."""
+    tasks = int(overrides.get("tasks", fclkit.config.FIELDS["tasks"].default))
+    rounds = int(overrides.get("rounds", fclkit.config.FIELDS["rounds"].default))
+    todo, results = [], []
     for benchmark in benchmarks:
-        for spec in plan(benchmark, labels, sweep):
+        specs = plan(benchmark, labels, rows, fm=_default_fm(benchmark), tasks=tasks,
+                     rounds=rounds)
+        for spec in specs:
             for seed in seeds:
-                name = (f"{benchmark}-L{spec['labels']}-{spec['fusion']}-{spec['cl']}-"
-                        f"{spec['models'][:6]}-s{seed}")
-                metrics_path = output / name / "metrics.json"
-                config = fclkit.ExperimentConfig(
-                    benchmark=benchmark, fusion=spec["fusion"], cl=spec["cl"],
-                    client_models=spec["client_models"], seed=seed,
-                    public_labels=spec["labels"], output=str(output), name=name,
-                    **overrides)
-                if metrics_path.exists():  # resume an interrupted comparison
-                    check_reusable(output / name, config)
-                    metrics = json.loads(metrics_path.read_text())
+                kwargs = _config_kwargs(benchmark, spec, seed, output, overrides)
+                run_dir = output / kwargs["name"]
+                if (run_dir / "metrics.json").exists():  # resume an interrupted comparison
+                    check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
+                    metrics = json.loads((run_dir / "metrics.json").read_text())
+                    results.append(_row_result(benchmark, spec, seed, metrics))
                 elif reuse_only:
-                    print(f"not run yet, left out: {name}", flush=True)
-                    done += 1
-                    continue
+                    print(f"not run yet, left out: {kwargs['name']}", flush=True)
                 else:
-                    started = time.perf_counter()
-                    metrics = fclkit.run(config).metrics
-                    print(f"[{done + 1}/{total}] {name}: "
-                          f"{time.perf_counter() - started:.0f}s", flush=True)
-                done += 1
-                rows.append({**spec, "benchmark": benchmark, "seed": seed,
-                             "seconds": metrics.get("timings_seconds", {}).get("total", 0.0),
-                             "results": {m: {"accuracy": metrics["mean"][m]["average_accuracy"],
-                                             "forgetting": metrics["mean"][m][
-                                                 "average_forgetting"]}
-                                         for m in metrics["models"]}})
-    return rows
+                    todo.append((benchmark, spec, seed, kwargs))
+    print(f"{len(results)} finished runs reused, {len(todo)} to run", flush=True)
+    if jobs <= 1:
+        for i, (benchmark, spec, seed, kwargs) in enumerate(todo):
+            metrics, seconds = _run_one(kwargs)
+            print(f"[{i + 1}/{len(todo)}] {kwargs['name']}: {seconds:.0f}s", flush=True)
+            results.append(_row_result(benchmark, spec, seed, metrics))
+        return results
+    # spawn: a fresh interpreter per worker (no torch state forked from this process)
+    with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, item[3]): item for item in todo}
+        for i, future in enumerate(concurrent.futures.as_completed(futures)):
+            benchmark, spec, seed, kwargs = futures[future]
+            metrics, seconds = future.result()
+            print(f"[{i + 1}/{len(todo)}] {kwargs['name']}: {seconds:.0f}s", flush=True)
+            results.append(_row_result(benchmark, spec, seed, metrics))
+    return results
 
 
 def _cell(values: list[float]) -> str:
@@ -173,11 +309,19 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _mean(values: list[float]) -> float | None:
+    return 100 * statistics.fmean(values) if values else None
+
+
 def summarise(rows: list[dict]) -> dict:
+    """(benchmark, label, models) -> per model, the seeds' accuracies and forgettings."""
     groups: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["benchmark"], r["label"], r["models"], r["labels"])
-        g = groups.setdefault(key, {m: {"accuracy": [], "forgetting": []} for m in MODELS})
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        key = (r["benchmark"], r["label"], r["models"])
+        g = groups.setdefault(key, {"group": r["group"], "seeds": [],
+                                    **{m: {"accuracy": [], "forgetting": []}
+                                       for m in MODELS}})
+        g["seeds"].append(r["seed"])
         for m, res in r["results"].items():
             g[m]["accuracy"].append(res["accuracy"])
             if res["forgetting"] is not None:
@@ -185,86 +329,113 @@ def summarise(rows: list[dict]) -> dict:
     return groups
 
 
-def _mean(values: list[float]) -> float | None:
-    return 100 * statistics.fmean(values) if values else None
-
-
-def goal_check(groups: dict, benchmark: str, labels: int) -> list[str]:
-    """The team's goal, checked from the table: the method's personalised FM at least 5
-    points above every baseline with lower forgetting; heterogeneous models cost <= 2."""
-    def get(label: str, models: str = "homogeneous") -> dict | None:
-        return groups.get((benchmark, label, models, labels))
-
-    method = max((f"one-by-one × {cl}" for _, cl in METHOD if get(f"one-by-one × {cl}")),
-                 key=lambda lab: _mean(get(lab)["fm"]["accuracy"]) or 0.0, default=None)
-    if method is None:
+def table(groups: dict, benchmark: str, group: str) -> list[str]:
+    keys = [k for k in groups if k[0] == benchmark and groups[k]["group"] == group]
+    if not keys:
         return []
-    m = get(method)
-    acc, forg = _mean(m["fm"]["accuracy"]), _mean(m["fm"]["forgetting"])
-    lines = [f"Goal check (computed from the table above): the best method row, **{method}**, "
-             f"personalised FM {acc:.1f} % (forgetting {forg:.1f} %), against each baseline "
-             "(FedAvg baselines have no FM: their small models count).", "",
-             "| baseline | its accuracy | margin | ≥ 5 points? | its forgetting | method's "
-             "forgetting lower? |", "|---|---|---|---|---|---|"]
-    for _, _, label in BASELINES:
-        b = get(label)
-        if b is None:
-            continue
-        model = "fm" if b["fm"]["accuracy"] else "small"
-        b_acc, b_forg = _mean(b[model]["accuracy"]), _mean(b[model]["forgetting"])
-        lines.append(f"| {label} | {b_acc:.1f} | {acc - b_acc:+.1f} | "
-                     f"{'yes' if acc - b_acc >= 5 else '**no**'} | {b_forg:.1f} | "
-                     f"{'yes' if forg < b_forg else '**no**'} |")
-    hetero = get(method, "heterogeneous")
-    if hetero is not None:
-        h_acc = _mean(hetero["fm"]["accuracy"])
-        cost = acc - h_acc
-        lines += ["", f"Heterogeneous small models: {h_acc:.1f} % against {acc:.1f} % "
-                  f"homogeneous, a cost of {cost:+.1f} points "
-                  f"({'within' if cost <= 2 else '**over**'} the 2-point limit)."]
+    lines = [f"### {GROUPS[group]}", "",
+             "| run | small models | personalised FM acc. | personalised FM forg. | "
+             "global FM acc. | small acc. | small forg. |", "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        g = groups[key]
+        lines.append(
+            f"| {key[1]} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
+            f"{_cell(g['fm']['forgetting'])} | {_cell(g['fm_global']['accuracy'])} | "
+            f"{_cell(g['small']['accuracy'])} | {_cell(g['small']['forgetting'])} |")
     return lines + [""]
 
 
-def sweep_table(groups: dict, benchmark: str) -> list[str]:
-    budgets = sorted({k[3] for k in groups if k[0] == benchmark and k[1] in SWEPT})
-    if len(budgets) < 2:
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def goal_check(groups: dict, benchmark: str) -> list[str]:
+    """The goal of the comparison (issue #15), checked from the table: (a) the personalised
+    FM reaches 95 % of the FM part's joint ceiling; (b) the method's small models are at
+    least as good as FedAvg × replay's (homogeneous) and as isolated × replay's and FedDF's
+    (heterogeneous); (c) its FM beats the FM-side baselines that keep the premise (fm-only,
+    FedDF into the FM) by 2 points and is within 3 of fm-fedavg; heterogeneous small models
+    cost at most 2 points of FM accuracy."""
+    def acc(label: str, model: str, models: str = "homogeneous") -> float | None:
+        g = groups.get((benchmark, label, models))
+        return _mean(g[model]["accuracy"]) if g else None
+
+    method_fm, method_small = acc(METHOD, "fm"), acc(METHOD, "small")
+    if method_fm is None:
         return []
-    lines = ["How the comparison depends on the server's labels (homogeneous small models; "
-             "labels per class of the public set, the same for both):", "",
-             "| labels per class | FM without private data | one-by-one × replay: "
-             "personalised FM | global FM | difference |", "|---|---|---|---|---|"]
-    for n in budgets:
-        base = groups.get((benchmark, SWEPT[1], "homogeneous", n))
-        meth = groups.get((benchmark, SWEPT[0], "homogeneous", n))
-        if meth is None:
-            continue
-        diff = "–"
-        if base is not None and base["fm"]["accuracy"]:
-            diff = f"{_mean(meth['fm']['accuracy']) - _mean(base['fm']['accuracy']):+.1f}"
-        lines.append(f"| {n} | {_cell(base['fm']['accuracy']) if base else '– (needs labels)'}"
-                     f" | {_cell(meth['fm']['accuracy'])} | "
-                     f"{_cell(meth['fm_global']['accuracy'])} | {diff} |")
+    checks: list[tuple[str, str, float | None, float | None, bool | None]] = []
+
+    def check(name: str, what: str, ours: float | None, theirs: float | None,
+              ok: Any) -> None:
+        checks.append((name, what, ours, theirs,
+                       None if ours is None or theirs is None else ok(ours, theirs)))
+
+    check("(a) the personalised FM reaches 95 % of the FM part's joint ceiling",
+          "personalised FM vs 0.95 × FM part, joint", method_fm,
+          None if acc(FM_CEILING, "fm") is None else 0.95 * acc(FM_CEILING, "fm"),
+          lambda a, b: a >= b)
+    check("(b) small models ≥ FedAvg × replay's (homogeneous)", "small models",
+          method_small, acc(FEDAVG_REPLAY, "small"), lambda a, b: a >= b)
+    for label in (ISOLATED, FEDDF):
+        check(f"(b) small models ≥ {label}'s (heterogeneous)", "small models",
+              acc(METHOD, "small", "heterogeneous"), acc(label, "small", "heterogeneous"),
+              lambda a, b: a >= b)
+    check(f"(c) personalised FM ≥ {FM_ONLY} + 2", "FM", method_fm, acc(FM_ONLY, "fm"),
+          lambda a, b: a >= b + 2)
+    check(f"(c) personalised FM ≥ {FEDDF} (its FM part) + 2", "FM", method_fm,
+          acc(FEDDF, "fm"), lambda a, b: a >= b + 2)
+    check(f"(c) personalised FM within 3 points of {FM_FEDAVG}", "FM", method_fm,
+          acc(FM_FEDAVG, "fm"), lambda a, b: a >= b - 3)
+    check("(c) heterogeneous small models cost ≤ 2 points of FM accuracy",
+          "FM, heterogeneous vs homogeneous", acc(METHOD, "fm", "heterogeneous"), method_fm,
+          lambda a, b: b - a <= 2)
+
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:.1f}"
+
+    lines = [f"### Goal check ({benchmark})", "",
+             f"Computed from the tables above, for **{METHOD}** (homogeneous unless "
+             "said).", "", "| goal | compares | method | reference | margin | met? |",
+             "|---|---|---|---|---|---|"]
+    for name, what, ours, theirs, ok in checks:
+        margin = "–" if ours is None or theirs is None else f"{ours - theirs:+.1f}"
+        lines.append(f"| {name} | {what} | {num(ours)} | {num(theirs)} | {margin} | "
+                     f"{'–' if ok is None else _verdict(ok)} |")
+    best_small = max((acc(k[1], "small") or 0.0, k[1]) for k in groups
+                     if k[0] == benchmark and groups[k]["group"] == "ceiling"
+                     and k[1].startswith("small model"))
+    fm_ceiling = acc(FM_CEILING, "fm")
+    if fm_ceiling is not None and best_small[0]:
+        lines += ["", f"Is the FM stronger than the small models on this data? Trained "
+                  f"jointly on every client's data, the FM part reaches {fm_ceiling:.1f} % "
+                  f"and the best small model ({best_small[1].split()[2].rstrip(',')}) "
+                  f"{best_small[0]:.1f} %: "
+                  + ("the FM is stronger." if fm_ceiling > best_small[0] else
+                     "**the small model is stronger**: an FM taught by the small models has "
+                     "less room to beat their federated baselines here than its ceiling "
+                     "suggests.")]
     return lines + [""]
 
 
-def figure(groups: dict, benchmark: str, labels: int, path: Path) -> None:
+def figure(groups: dict, benchmark: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in groups if k[0] == benchmark and k[3] == labels]
-    labels = [f"{k[1]}\n({k[2]})" for k in keys]
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys)), 4.5))
+    keys = [k for k in groups if k[0] == benchmark and groups[k]["group"] in
+            ("method", "baseline", "ceiling") and k[1] in CORE | {f"one-by-one × {c}"
+                                                               for c in METHOD_CL}]
+    names = [f"{k[1]}\n({k[2][:6]}.)" for k in keys]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys)), 4.8))
     width = 0.27
     for i, m in enumerate(MODELS):
-        means = [100 * statistics.fmean(groups[k][m]["accuracy"])
-                 if groups[k][m]["accuracy"] else 0 for k in keys]
+        means = [_mean(groups[k][m]["accuracy"]) or 0.0 for k in keys]
         stds = [100 * statistics.stdev(groups[k][m]["accuracy"])
                 if len(groups[k][m]["accuracy"]) > 1 else 0 for k in keys]
         ax.bar([x + (i - 1) * width for x in range(len(keys))], means, width, yerr=stds,
                label=LABELS[m], capsize=2)
-    ax.set_xticks(range(len(keys)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(keys)), names, rotation=45, ha="right", fontsize=7)
     ax.set(ylabel="final average accuracy (%)", ylim=(0, 100),
            title=f"{benchmark}: final average accuracy (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
@@ -286,28 +457,26 @@ def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
     figures.mkdir(parents=True, exist_ok=True)
     lines = ["# Results: does the method work?", "",
              "<!-- written by examples/compare.py; rerun it to refresh -->", "",
-             f"Made by `{command}`: {seconds / 60:.0f} minutes of runs on a 2-core CPU machine "
-             f"(seeds {', '.join(map(str, seeds))}; fclkit {fclkit.__version__}).", "",
-             "Final average accuracy and average forgetting, in %, mean ± std over seeds "
-             "(each seed: mean over clients). '–': the run has no such model (FedAvg "
-             f"baselines have no foundation model). The server holds {labels} labelled "
-             "examples per class of its public set (`public_labels`), for the method and "
-             "for `fm-only` alike; the rest of the public set is unlabelled.", ""]
+             f"Made by `{command}`: {seconds / 60:.0f} minutes of runs on a 2-core CPU "
+             f"machine (seeds {', '.join(map(str, seeds))}; fclkit {fclkit.__version__}).",
+             "", "Final average accuracy and average forgetting, in %, mean ± std over seeds "
+             "(each seed: mean over clients). '–': the row does not train that model "
+             "(FedAvg-style baselines have no FM; `fm-only`, `fm-fedavg` and the FM "
+             "ceilings do not train the small models). The server holds "
+             f"{labels} labelled examples per class of its public set (`public_labels`), for "
+             "every fusion that uses them; the rest of the public set is unlabelled. A "
+             "ceiling is one client holding every client's data, one task with every class, "
+             "trained for as many rounds as the whole stream (not federated, not "
+             "continual).", ""]
     for b in benchmarks:
-        figure(groups, b, labels, figures / f"{b}-accuracy.png")
-        lines += [f"## {b}", "",
-                  "| run | small models | personalised FM acc. | personalised FM forg. | "
-                  "global FM acc. | small acc. | small forg. |",
-                  "|---|---|---|---|---|---|---|"]
-        for key, g in groups.items():
-            if key[0] != b or key[3] != labels:
-                continue
-            lines.append(
-                f"| {key[1]} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
-                f"{_cell(g['fm']['forgetting'])} | {_cell(g['fm_global']['accuracy'])} | "
-                f"{_cell(g['small']['accuracy'])} | {_cell(g['small']['forgetting'])} |")
-        lines += ["", f"![{b}](results/{b}-accuracy.png)", ""]
-        lines += goal_check(groups, b, labels) + sweep_table(groups, b)
+        if not any(k[0] == b for k in groups):
+            continue
+        figure(groups, b, figures / f"{b}-accuracy.png")
+        lines += [f"## {b}", ""]
+        for group in GROUPS:
+            lines += table(groups, b, group)
+        lines += [f"![{b}](results/{b}-accuracy.png)", ""]
+        lines += goal_check(groups, b)
     doc.write_text("\n".join(lines) + "\n" + ANALYSIS + kept, encoding="utf-8")
 
 
@@ -315,16 +484,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", nargs="+", default=["digits"],
-                        choices=sorted(SMALL_MODELS))
+                        choices=sorted(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output", type=Path, default=Path("runs/compare"))
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"),
                         help="where the table goes; an analysis section is kept if present")
     parser.add_argument("--public-labels", type=int, default=5, metavar="N",
                         help="labelled public examples per class the server holds (default 5)")
-    parser.add_argument("--sweep", nargs="*", type=int, default=[], metavar="N",
-                        help="other label budgets at which to run one-by-one × replay and "
-                        "fm-only (a number above the public set's size per class labels all)")
+    parser.add_argument("--rows", choices=("all", "core"), default="all",
+                        help="'core': only the rows the goal check needs")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs in parallel, each in its own process (use --set threads=1)")
     parser.add_argument("--reuse-only", action="store_true",
                         help="run nothing: write the doc from the finished runs in --output")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -332,9 +502,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = fclkit.config.parse_option_pairs(args.set, "--set")
     rows = run_all(args.benchmark, args.seeds, args.output, overrides, args.public_labels,
-                   args.sweep, args.reuse_only)
+                   args.rows, args.reuse_only, args.jobs)
+    args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "comparison.json").write_text(json.dumps(rows, indent=1))
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--reuse-only"]
+    given = [a for a in (sys.argv[1:] if argv is None else argv)
+             if a not in ("--reuse-only",)]
     command = "python examples/compare.py " + " ".join(given)  # what makes the runs
     # the runs' own wall times (runs reused from --output count with the time they took)
     write_doc(summarise(rows), args.benchmark, args.seeds, args.doc, command.strip(),

@@ -15,34 +15,69 @@ compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
 
 
-def test_plan_gives_method_and_fm_only_the_same_label_budget_and_sweeps_both():
-    runs = compare.plan("digits", 5, [1, 5, 1000])
-    main = [r for r in runs if r["labels"] == 5]
-    assert len(main) == 12  # 8 method runs (homogeneous + heterogeneous) + 4 baselines
-    for budget in (1, 1000):
-        swept = {r["label"] for r in runs if r["labels"] == budget}
-        assert swept == {"one-by-one × replay", "FM without private data"}
-    assert len(runs) == 12 + 2 * 2
+def test_plan_has_the_strong_baselines_ceilings_and_ablations_of_every_benchmark():
+    for benchmark in ("digits", "langid", "split-fmnist"):
+        runs = compare.plan(benchmark, 5, fm="efficientnet-lite")
+        labels = {(r["label"], r["models"]) for r in runs}
+        for needed in [(compare.METHOD, "homogeneous"), (compare.METHOD, "heterogeneous"),
+                       (compare.ISOLATED, "homogeneous"), (compare.ISOLATED, "heterogeneous"),
+                       (compare.FEDAVG_REPLAY, "homogeneous"), ("FedAvg × DER", "homogeneous"),
+                       (compare.FEDDF, "heterogeneous"), (compare.FM_ONLY, "homogeneous"),
+                       (compare.FM_FEDAVG, "homogeneous"), (compare.FM_CEILING, "homogeneous"),
+                       ("guidance off", "homogeneous")]:
+            assert needed in labels, (benchmark, needed)
+        names = [compare.run_name(benchmark, r, 0) for r in runs]
+        assert len(set(names)) == len(names)  # one results folder per row
+        core = compare.plan(benchmark, 5, "core")
+        assert {r["label"] for r in core} >= compare.CORE
+    ceiling = next(r for r in compare.plan("digits", 5, tasks=5, rounds=3)
+                   if r["label"] == compare.FM_CEILING)
+    # one client holding every client's data, one task, as long as the whole stream
+    assert ceiling["set"] == {"clients": 1, "tasks": 1, "rounds": 15}
+    assert ceiling["fusion"] == "fm-fedavg" and ceiling["cl"] == "naive"
+    off = next(r for r in compare.plan("digits", 5) if r["label"] == "guidance off")
+    assert off["set"]["fusion_options"] == {"guidance_weight": 0.0}
+    fmnist = compare.plan("split-fmnist", 5)
+    assert all(r["set"]["benchmark_options"]["train_per_class"] == 200 for r in fmnist)
+    langid = compare.plan("langid", 5)
+    public = [r for r in langid if r["group"] == "public"]
+    assert {r["set"]["benchmark_options"]["public_per_language"] for r in public} == {10, 90}
 
 
-def _group(acc, forg=0.1, fm=True):
+def _group(acc, forg=0.1, fm=True, small=None, group="baseline"):
     empty = {"accuracy": [], "forgetting": []}
     entry = {"accuracy": [acc, acc], "forgetting": [forg, forg]}
-    return {"fm": entry if fm else empty, "fm_global": entry if fm else empty,
-            "small": entry}
+    s = entry if small is None else {"accuracy": [small, small], "forgetting": [forg, forg]}
+    return {"group": group, "seeds": [0, 1], "fm": entry if fm else empty,
+            "fm_global": entry if fm else empty, "small": s}
 
 
-def test_goal_check_reports_margins_forgetting_and_the_heterogeneous_cost():
-    g = {("b", "one-by-one × replay", "homogeneous", 5): _group(0.80, 0.10),
-         ("b", "one-by-one × naive", "homogeneous", 5): _group(0.20, 0.80),
-         ("b", "one-by-one × replay", "heterogeneous", 5): _group(0.77, 0.10),
-         ("b", "FedAvg fine-tuning", "homogeneous", 5): _group(0.20, 0.90, fm=False),
-         ("b", "FM without private data", "homogeneous", 5): _group(0.78, 0.05)}
-    text = "\n".join(compare.goal_check(g, "b", 5))
-    assert "**one-by-one × replay**, personalised FM 80.0 %" in text
-    assert "| FedAvg fine-tuning | 20.0 | +60.0 | yes | 90.0 | yes |" in text
-    assert "| FM without private data | 78.0 | +2.0 | **no** | 5.0 | **no** |" in text
-    assert "a cost of +3.0 points (**over** the 2-point limit)" in text
+def test_goal_check_compares_with_the_ceiling_and_the_best_baseline_of_each_kind():
+    homo, het = "homogeneous", "heterogeneous"
+    g = {("b", compare.METHOD, homo): _group(0.80, small=0.90, group="method"),
+         ("b", compare.METHOD, het): _group(0.77, small=0.85, group="method"),
+         ("b", compare.FEDAVG_REPLAY, homo): _group(0.0, fm=False, small=0.92),
+         ("b", compare.ISOLATED, het): _group(0.0, fm=False, small=0.80),
+         ("b", compare.FEDDF, het): _group(0.70, small=0.86),
+         ("b", compare.FM_ONLY, homo): _group(0.78),
+         ("b", compare.FM_FEDAVG, homo): _group(0.82),
+         ("b", compare.FM_CEILING, homo): _group(0.90, group="ceiling"),
+         ("b", "small model mlp, joint", homo): _group(0.0, fm=False, small=0.95,
+                                                      group="ceiling")}
+    text = "\n".join(compare.goal_check(g, "b"))
+    assert "| 80.0 | 85.5 | -5.5 | **no** |" in text  # (a): 95 % of the 90 % ceiling
+    assert "FedAvg × replay's (homogeneous) | small models | 90.0 | 92.0 | -2.0 | **no** |" \
+        in text
+    assert "isolated × replay's (heterogeneous) | small models | 85.0 | 80.0 | +5.0 | yes |" \
+        in text
+    assert "FedDF × replay's (heterogeneous) | small models | 85.0 | 86.0 | -1.0 | **no** |" \
+        in text
+    assert "(fm-only) + 2 | FM | 80.0 | 78.0 | +2.0 | yes |" in text
+    assert "within 3 points of FM-side FedAvg (fm-fedavg) | FM | 80.0 | 82.0 | -2.0 | yes |" \
+        in text
+    assert "cost ≤ 2 points of FM accuracy | FM, heterogeneous vs homogeneous | 77.0 | 80.0 " \
+        "| -3.0 | **no** |" in text
+    assert "the best small model (mlp) 95.0 %: **the small model is stronger**" in text
 
 
 def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, capsys):

@@ -1,0 +1,1 @@
+"""Built-in FCL method glfc (filled in by its implementation)."""

@@ -1,0 +1,1 @@
+"""Built-in FCL method pilora (filled in by its implementation)."""

@@ -1,0 +1,1 @@
+"""Built-in FCL method target (filled in by its implementation)."""
