@@ -128,13 +128,17 @@ class LangIDBenchmark(Benchmark):
         stream = class_incremental_stream(
             enc["train"], labels["train"], enc["test"], labels["test"], spec,
             input_spec=text_input_spec(o.max_bytes), public=public,
-            class_names=tuple(LANGUAGES[c][1] for c in o.languages))
+            class_names=self.class_names())
         if public is not None:  # keep the public labels for analysis (fusion must not use them)
             import torch
 
             stream = attrs.evolve(stream, public=PublicSet(
                 x=stream.public.x, y=torch.as_tensor(labels["public"])))
         return stream
+
+    def class_names(self) -> tuple[str, ...]:
+        """The classes' names, in option order (subclasses with other languages override)."""
+        return tuple(LANGUAGES[c][1] for c in self.options.languages)
 
     def sentences(self) -> dict[str, list[list[str]]]:
         """The generated sentences: split -> one list per language (in option order)."""
