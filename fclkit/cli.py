@@ -109,6 +109,15 @@ def run(
     public_fraction: Annotated[float | None, typer.Option(help=_help("public_fraction"))] = None,
     public_labels: Annotated[int | None, typer.Option(help=_help("public_labels"))] = None,
     dirichlet_alpha: Annotated[float | None, typer.Option(help=_help("dirichlet_alpha"))] = None,
+    classes_per_client: Annotated[int | None, typer.Option(
+        help=_help("classes_per_client"))] = None,
+    scenario: Annotated[str | None, typer.Option(help=_help("scenario"))] = None,
+    domain_transform: Annotated[str | None, typer.Option(help=_help("domain_transform"))] = None,
+    rotation_angle: Annotated[float | None, typer.Option(help=_help("rotation_angle"))] = None,
+    class_order: Annotated[str | None, typer.Option(help=_help("class_order"))] = None,
+    participation: Annotated[float | None, typer.Option(help=_help("participation"))] = None,
+    join_tasks: Annotated[str | None, typer.Option(
+        metavar="T1,T2,...", help=_help("join_tasks"))] = None,
     seed: Annotated[int | None, typer.Option(help=_help("seed"))] = None,
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
     device: Annotated[str | None, typer.Option(help=_help("device"))] = None,

@@ -36,12 +36,14 @@ from .fields import (  # re-exported: plugins' Options use them
     component_names,
     float_in,
     int_at_least,
+    join_tasks_list,
     non_negative,
     one_of,
     options_table,
     positive_float,
     setting,
     to_dict,
+    to_ints,
     to_names,
     torch_device,
 )
@@ -97,10 +99,32 @@ class ExperimentConfig:
     clients: int = setting(3, "number of clients", int_at_least(1))
     tasks: int = setting(5, "number of tasks each client learns in sequence", int_at_least(1))
     partition: str = setting(
-        "iid", "how a task's data is split across clients: 'iid' or 'dirichlet' (non-IID)",
-        one_of("iid", "dirichlet"))
+        "iid", "how a task's data is split across clients: 'iid', 'dirichlet' (non-IID "
+        "proportions) or 'quantity' (label-quantity skew: each client holds only "
+        "classes_per_client of each task's classes)", one_of("iid", "dirichlet", "quantity"))
     dirichlet_alpha: float = setting(
         0.5, "concentration of the Dirichlet partition (smaller = more skewed)", positive_float)
+    classes_per_client: int = setting(
+        2, "partition 'quantity' ('#C=k'): how many of each task's classes every client "
+        "holds (each class split evenly among the clients holding it)", int_at_least(1))
+    scenario: str = setting(
+        "class", "what the tasks are: 'class' (class-incremental: each task brings new "
+        "classes) or 'domain' (domain-incremental: every task the same classes, each task a "
+        "new domain -- the benchmark's domain column, else domain_transform)",
+        one_of("class", "domain"))
+    domain_transform: str = setting(
+        "rotated", "scenario 'domain' on a benchmark with no domains of its own (digits, "
+        "mnist, imagefolder, ...): 'rotated' (task t's images rotated by (t-1) x "
+        "rotation_angle degrees) or 'permuted' (a fixed pixel permutation per task, drawn "
+        "under the seed; task 1 unpermuted); train, test and public set alike",
+        one_of("rotated", "permuted"))
+    rotation_angle: float = setting(
+        45.0, "domain_transform 'rotated': degrees (counter-clockwise) between consecutive "
+        "tasks", float_in(-360.0, 360.0))
+    class_order: str = setting(
+        "shared", "'shared': one class order (under the seed) for every client; "
+        "'per-client': each client draws its own, so a class arrives in different tasks on "
+        "different clients (class scenario only)", one_of("shared", "per-client"))
     public_fraction: float = setting(
         0.1, "fraction of the data held out as the server's public/proxy set "
         "(when the benchmark has no public set of its own)",
@@ -123,6 +147,14 @@ class ExperimentConfig:
         0.0, "clip the small models' gradient norm to this before every optimizer step "
         "(0: off); a cure for a model that diverges to NaN at the shared lr", non_negative)
     rounds: int = setting(3, "federated rounds per task", int_at_least(1))
+    participation: float = setting(
+        1.0, "fraction of the clients (of those that have joined) that train in each round, "
+        "sampled under the seed: floor(fraction x clients), at least 1; the others upload "
+        "nothing and keep their state that round", float_in(0.0, 1.0, low_open=True))
+    join_tasks: tuple = setting(
+        (), "the task (1-based) each client joins at, one entry per client, e.g. '1,1,3' "
+        "(client 2 trains from task 3 on); empty: every client from task 1. A client's "
+        "metrics cover the tasks from the one it joins at", join_tasks_list, to_ints)
 
     # how and where to run
     seed: int = setting(0, "random seed: the same seed gives the same accuracies",
@@ -165,6 +197,41 @@ class ExperimentConfig:
         if self.min_clients > self.clients:
             raise ConfigError("min_clients", self.min_clients,
                               f"must be at most clients = {self.clients}")
+        joins = self.join_task_of()
+        if self.join_tasks:
+            if len(self.join_tasks) != self.clients:
+                raise ConfigError("join_tasks", _joined(self.join_tasks),
+                                  f"needs one task per client: {self.clients} entries, "
+                                  f"not {len(self.join_tasks)}")
+            late = max(range(self.clients), key=lambda k: joins[k])
+            if joins[late] >= self.tasks:
+                raise ConfigError("join_tasks", _joined(self.join_tasks),
+                                  f"client {late} joins at task {joins[late] + 1}, but there "
+                                  f"are only {self.tasks} tasks",
+                                  hint=f"every entry between 1 and {self.tasks}")
+            if min(joins.values()) > 0:
+                raise ConfigError("join_tasks", _joined(self.join_tasks),
+                                  "no client joins at task 1, so nobody would train it",
+                                  hint="let at least one client join at task 1")
+        first = round_participants(self.participation,
+                                   sum(1 for j in joins.values() if j == 0))
+        if self.min_clients > first:
+            raise ConfigError("min_clients", self.min_clients,
+                              f"only {first} client(s) train in a round of task 1 "
+                              f"(participation = {self.participation:g}"
+                              + (", join_tasks" if self.join_tasks else "") + ")",
+                              hint=f"--min-clients {first} or a larger participation")
+        if self.class_order == "per-client" and self.scenario == "domain":
+            raise ConfigError("class_order", self.class_order,
+                              "with scenario = 'domain' every task holds every class: there "
+                              "is no class order to give each client",
+                              hint="class_order = shared, or scenario = class")
+
+    def join_task_of(self) -> dict[int, int]:
+        """Client id -> the 0-based task it joins at (0 for every client by default)."""
+        if not self.join_tasks:
+            return dict.fromkeys(range(self.clients), 0)
+        return {k: int(t) - 1 for k, t in enumerate(self.join_tasks)}
 
     def evolve(self, **changes: Any) -> ExperimentConfig:
         """A copy with ``changes`` applied (and validated)."""
@@ -190,6 +257,18 @@ class ExperimentConfig:
 
 
 FIELDS: dict[str, attrs.Attribute] = {a.name: a for a in attrs.fields(ExperimentConfig)}
+
+
+def round_participants(fraction: float, joined: int) -> int:
+    """How many of ``joined`` clients train in a round at ``participation = fraction``:
+    floor(fraction x joined), at least 1 (none when none has joined)."""
+    if joined <= 0:
+        return 0
+    return max(1, min(joined, int(fraction * joined + 1e-9)))
+
+
+def _joined(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
 
 
 def field_help(name: str) -> str:

@@ -179,5 +179,27 @@ def assign_architectures(client_models: tuple | Mapping[str, str], clients: int,
             for k in range(clients)}
 
 
+def to_ints(value: Any) -> Any:
+    """``"1,1,3"`` / ``[1, 1, 3]`` -> ``(1, 1, 3)``; ``""`` -> ``()``; an entry that is not a
+    whole number is kept, for the validator to name it."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")] if value.strip() else []
+        return tuple(int(p) if p.lstrip("+-").isdigit() else p for p in parts)
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value  # validator reports it
+
+
+def join_tasks_list(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigError(attribute.name, value,
+                          "must be a comma list of task numbers, one per client, e.g. 1,1,3")
+    for position, task in enumerate(value):
+        if isinstance(task, bool) or not isinstance(task, int) or task < 1:
+            raise ConfigError(attribute.name, ",".join(map(str, value)),
+                              f"entry {position + 1} (client {position}) is {task!r}: every "
+                              "entry must be a task number >= 1")
+
+
 def to_dict(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value

@@ -208,6 +208,10 @@ class FusionContext:
     public: PublicSet | None
     #: Builds a fresh small model of an architecture name (to host uploaded weights).
     build_small_model: Callable[[str], torch.nn.Module]
+    #: what the clients' inputs look like (None when the caller does not say)
+    input_spec: InputSpec | None = None
+    #: tasks in the run (None when the caller does not say)
+    num_tasks: int | None = None
 
 
 @attrs.frozen(eq=False)
@@ -249,6 +253,7 @@ class ClientSide:
     3. :meth:`payload` -- tensors added to the upload (``Upload.payload``: e.g.
        outputs on the public set, class prototypes).
 
+    Every download the client applies is first handed to :meth:`receive`.
     The default (this class) is what a plain method's clients do: train the small
     model with the strategy and upload its weights. Whatever a client side keeps
     between rounds goes in :meth:`state_dict`, checkpointed with the client.
@@ -260,6 +265,13 @@ class ClientSide:
 
     def __init__(self, options: Any = None) -> None:
         self.options = options
+
+    def receive(self, download: Download) -> None:
+        """Called with every download its client applies, once the weights it carries are
+        loaded: before a round's training, and before the evaluation after a task's last
+        round (that download is not seen by :meth:`extra_losses` of the next round). A
+        method whose server sends more than weights (``Download.payload``: e.g. synthetic
+        examples) keeps what it needs here, and in :meth:`state_dict`."""
 
     def extra_losses(self, round: ClientRound) -> Sequence[ExtraLoss]:
         """Loss terms ``term(x, y, logits)`` added to the small model's loss in this round."""
@@ -325,6 +337,16 @@ class KnowledgeFusion(Component):
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
+    @classmethod
+    def foundation_model_options(cls, config: ExperimentConfig,
+                                 foundation_model: type[FoundationModel]) -> Mapping[str, Any]:
+        """Options this method needs the run's foundation model (its class) to be built
+        with, given the run's configuration -- e.g. LoRA adapters for a method that trains
+        them. They go under the user's own ``fm_options`` (the user's values win); raise
+        :class:`fclkit.errors.ConfigError` when this FM cannot serve the method. Called
+        once when the run is resolved, in every process; default: none."""
+        return {}
+
     def setup(self, context: FusionContext) -> None:
         """Called once before the first round with what the server knows."""
         self.context = context
@@ -355,9 +377,19 @@ class StreamSpec:
     num_clients: int
     num_tasks: int
     seed: int
-    partition: str  # "iid" or "dirichlet"
+    partition: str  # "iid", "dirichlet" or "quantity"
     dirichlet_alpha: float
     public_fraction: float
+    #: "class" (each task new classes) or "domain" (each task the same classes, a new domain)
+    scenario: str = "class"
+    #: domains made from a pool without its own: "rotated" or "permuted"
+    domain_transform: str = "rotated"
+    #: rotated domains: degrees between consecutive tasks
+    rotation_angle: float = 45.0
+    #: "shared" (one class order for every client) or "per-client"
+    class_order: str = "shared"
+    #: partition "quantity": classes of each task every client holds
+    classes_per_client: int = 2
 
 
 class Benchmark(Component):
@@ -389,7 +421,9 @@ class ClientExecutor(ABC):
     def fit(
         self, round_info: RoundInfo, downloads: Mapping[int, Any]
     ) -> tuple[list[Upload], list[Failure]]:
-        """Have every client apply its Download (or ``None``), train, and upload.
+        """Have every client of ``round_info.participants`` (every client when None) apply
+        its Download (or ``None``), train with ``round_info.for_client(cid)``, and upload;
+        the other clients are left untouched.
 
         Returns the uploads that arrived, ordered by client id, and the failures.
         """

@@ -32,10 +32,29 @@ class RoundInfo:
     task: int  # 0-based task index
     round: int  # 0-based round index within the task
     rounds_per_task: int
+    #: the ids of the clients that train in this round (``participation``, late joiners);
+    #: None: every client
+    participants: tuple[int, ...] | None = None
+    #: the participants for which this is their last round of the task (they consolidate
+    #: it: a client that sits out the task's last round closes the task earlier); None:
+    #: the task's last round is every client's
+    closing: tuple[int, ...] | None = None
+    #: set in a client's view (:meth:`for_client`): whether it is that client's last round
+    client_last: bool | None = None
 
     @property
     def is_last_round(self) -> bool:
+        """The task's last round -- in a client's view (:meth:`for_client`), the last
+        round of the task that client trains in."""
+        if self.client_last is not None:
+            return self.client_last
         return self.round == self.rounds_per_task - 1
+
+    def for_client(self, client_id: int) -> RoundInfo:
+        """This round as client ``client_id`` trains it (an engine passes it to the client)."""
+        if self.closing is None:
+            return self
+        return attrs.evolve(self, client_last=client_id in self.closing)
 
 
 def _classes(value: Any) -> tuple[int, ...]:
@@ -111,16 +130,20 @@ class Download:
     fm_state: dict[str, torch.Tensor] | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
     fm_classes: tuple[int, ...] | None = None
+    #: tensors the method's server sends besides weights (e.g. synthetic examples); the
+    #: client hands the download to its method's ``ClientSide.receive``
+    payload: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return state_nbytes(self.small_state) + state_nbytes(self.fm_state)
+        return (state_nbytes(self.small_state) + state_nbytes(self.fm_state)
+                + state_nbytes(self.payload))
 
     def to_state(self) -> dict[str, Any]:
         """The download as a state (tensors and JSON values) for checkpoints and the wire."""
         return {"small_state": self.small_state, "fm_state": self.fm_state,
                 "fm_classes": None if self.fm_classes is None else list(self.fm_classes),
-                "metadata": dict(self.metadata)}
+                "metadata": dict(self.metadata), "payload": self.payload}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any] | None) -> Download | None:
@@ -133,7 +156,8 @@ class Download:
         return cls(small_state=_tensors(state.get("small_state"), "small_state"),
                    fm_state=_tensors(state.get("fm_state"), "fm_state"),
                    metadata=dict(state.get("metadata") or {}),
-                   fm_classes=None if classes is None else _classes(classes))
+                   fm_classes=None if classes is None else _classes(classes),
+                   payload=_tensors(state.get("payload"), "payload") or {})
 
 
 @attrs.frozen(eq=False)

@@ -2,11 +2,12 @@
 
 :class:`LabelledPoolBenchmark` does what every such benchmark shares: a fixed
 stratified train/test split of the pool (``test_fraction`` of every class kept
-for testing, drawn under ``split_seed``, independent of the run's seed), then
-:func:`fclkit.partition.class_incremental_stream` cuts the training part into
-class-incremental tasks across clients. A subclass only loads its pool
-(:meth:`LabelledPoolBenchmark.load_pool`); one that has more options subclasses
-the shared ones::
+for testing -- of every class in every domain in a domain-incremental run over a pool
+with domains -- drawn under ``split_seed``, independent of the run's seed), then
+:func:`fclkit.partition.federated_stream` cuts the training part into the run's
+tasks (class- or domain-incremental, ``StreamSpec.scenario``) across clients. A
+subclass only loads its pool (:meth:`LabelledPoolBenchmark.load_pool`); one that has
+more options subclasses the shared ones::
 
     class MyBenchmark(LabelledPoolBenchmark):
         @attrs.frozen
@@ -53,6 +54,12 @@ class LabelledPool:
     y: Any
     input_spec: InputSpec
     class_names: Sequence[str] = ()
+    #: the domain id (``0..D-1``, in task order) of every example, when the data has
+    #: domains of its own (e.g. a domain column); None: domains are generated when a run
+    #: asks for them (rotated or permuted images)
+    domains: Any = None
+    #: the name of each domain id
+    domain_names: Sequence[str] = ()
 
 
 class LabelledPoolBenchmark(Benchmark):
@@ -71,15 +78,32 @@ class LabelledPoolBenchmark(Benchmark):
     def build(self, spec: StreamSpec) -> FederatedStream:
         import numpy as np
 
-        from .partition import class_incremental_stream, split_public
+        from .partition import federated_stream, split_public
 
         pool = self.load_pool()
         x = pool.x
         y = np.asarray(pool.y, dtype=np.int64)
         if len(x) != len(y):
             raise ValueError(f"benchmark {self.name!r}: {len(x)} examples but {len(y)} labels")
-        train, test = split_public(y, self.options.test_fraction,
+        own_domains = spec.scenario == "domain" and pool.domains is not None
+        d = np.asarray(pool.domains, dtype=np.int64) if own_domains else None
+        if d is not None and (d < 0).any():  # examples of domains left out of the run
+            keep = np.flatnonzero(d >= 0)
+            x, y, d = x[keep], y[keep], d[keep]
+            missing = sorted(set(range(len(pool.class_names) or int(y.max()) + 1))
+                             - set(y.tolist()))
+            if missing:
+                from .errors import ConfigError
+
+                raise ConfigError("benchmark_options.domain_order", ",".join(
+                    map(str, pool.domain_names)), "the domains kept hold no example of class "
+                    + ", ".join(repr(str(pool.class_names[c]) if pool.class_names else c)
+                                for c in missing[:5]), hint="keep more domains")
+        strata = y if d is None else d * (int(y.max()) + 1 if len(y) else 1) + y
+        train, test = split_public(strata, self.options.test_fraction,
                                    np.random.default_rng(self.options.split_seed))
-        return class_incremental_stream(
+        return federated_stream(
             x[train], y[train], x[test], y[test], spec,
-            input_spec=pool.input_spec, class_names=tuple(pool.class_names))
+            input_spec=pool.input_spec, class_names=tuple(pool.class_names),
+            domains=None if d is None else (d[train], d[test]),
+            domain_names=tuple(pool.domain_names))

@@ -32,7 +32,12 @@ class InputSpec:
 
 @attrs.frozen(eq=False)
 class TaskData:
-    """One task of one client: its private training split and the task's test split."""
+    """One task of one client: its private training split and the task's test split.
+
+    ``classes`` are the classes this client trains on in the task: the task's classes,
+    or the share it holds of them under ``partition = "quantity"``; the test split holds
+    every class of the task.
+    """
 
     task_id: int
     classes: tuple[int, ...]
@@ -48,10 +53,16 @@ class TaskData:
 
 @attrs.frozen(eq=False)
 class ClientStream:
-    """The ordered tasks one client sees."""
+    """The ordered tasks one client sees.
+
+    ``class_order`` is the order in which this client's tasks introduce the classes
+    when clients have their own orders (``class_order = "per-client"``); empty: the
+    stream's.
+    """
 
     client_id: int
     tasks: tuple[TaskData, ...]
+    class_order: tuple[int, ...] = ()
 
 
 #: the label of a public example whose label the server does not hold
@@ -125,7 +136,14 @@ class PublicSet:
 
 @attrs.frozen(eq=False)
 class FederatedStream:
-    """Everything a benchmark yields for one run."""
+    """Everything a benchmark yields for one run.
+
+    ``scenario`` says what the tasks are: ``"class"`` (each task new classes) or
+    ``"domain"`` (every task the same classes, each task a new domain, named in
+    ``domains``). ``class_order`` and ``task_classes`` (the classes of each task) are
+    shared by every client; both are empty when each client has its own order
+    (``ClientStream.class_order``).
+    """
 
     input_spec: InputSpec
     num_classes: int
@@ -133,6 +151,9 @@ class FederatedStream:
     clients: tuple[ClientStream, ...]
     public: PublicSet | None = None
     class_names: tuple[str, ...] = ()
+    scenario: str = "class"
+    domains: tuple[str, ...] = ()
+    task_classes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def num_tasks(self) -> int:

@@ -78,9 +78,16 @@ def _number(value: Any) -> float | None:
     return None if value is None or value == "" else float(value)
 
 
-def task_scalars(matrices: Mapping[Any, Mapping[str, Sequence[Sequence[float]]]]
-                 ) -> dict[str, float]:
-    """Scalars after the last task of ``matrices``: client -> model -> rows of R so far."""
+def task_scalars(matrices: Mapping[Any, Mapping[str, Sequence[Sequence[float]]]],
+                 first_task: Mapping[Any, int] | None = None) -> dict[str, float]:
+    """Scalars after the last task of ``matrices``: client -> model -> rows of R so far.
+
+    ``first_task``: client -> the task its rows start at (a late joiner's rows begin at
+    the task it joined at, and hold every task's accuracy); a client is then counted on
+    the tasks from its first one.
+    """
+    if first_task and any(first_task.get(cid, 0) for cid in matrices):
+        return _late_task_scalars(matrices, first_task)
     clients = list(matrices.values())
     out: dict[str, float] = {}
     for model in clients[0]:
@@ -95,6 +102,32 @@ def task_scalars(matrices: Mapping[Any, Mapping[str, Sequence[Sequence[float]]]]
             forgetting = [forgetting_curve([list(r[: t + 1]) for r in R])[-1]
                           for R in per_client]
             out[f"forgetting/{model}"] = sum(f for f in forgetting if f is not None) / len(last)
+    return out
+
+
+def _late_task_scalars(matrices: Mapping[Any, Mapping[str, Sequence[Sequence[float]]]],
+                       first_task: Mapping[Any, int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    firsts = {cid: first_task.get(cid, 0) for cid in matrices}
+    t = max(firsts[cid] + len(next(iter(m.values()))) - 1 for cid, m in matrices.items())
+    for model in next(iter(matrices.values())):
+        seen, forgetting = [], []
+        per_task: dict[int, list[float]] = {}
+        for cid, models in matrices.items():
+            f, rows = firsts[cid], models[model]
+            last = rows[-1]
+            seen.append(sum(last[f: t + 1]) / (t + 1 - f))
+            for j in range(f, t + 1):
+                per_task.setdefault(j, []).append(last[j])
+            if t > f:
+                value = forgetting_curve([list(r[f: t + 1]) for r in rows])[-1]
+                if value is not None:
+                    forgetting.append(value)
+        out[f"accuracy/{model}/seen_tasks"] = sum(seen) / len(seen)
+        for j, values in sorted(per_task.items()):
+            out[f"accuracy/{model}/task_{j + 1}"] = sum(values) / len(values)
+        if forgetting:
+            out[f"forgetting/{model}"] = sum(forgetting) / len(forgetting)
     return out
 
 
@@ -147,7 +180,17 @@ class LoggerSet:
         for step in sorted(by_step):
             self.log(round_scalars(by_step[step]), step)
         per_client = metrics.get("per_client", {})
+        first = {cid: (next(iter(models.values())).get("tasks") or [0])[0]
+                 for cid, models in per_client.items() if models}
         for t in range(int(metrics.get("tasks", 0))):
+            if any(first.values()):  # late joiners: rows and columns from their first task
+                matrices = {cid: {m: [[float("nan")] * first[cid] + list(row)
+                                      for row in s["accuracy_matrix"][: t + 1 - first[cid]]]
+                                  for m, s in models.items()}
+                            for cid, models in per_client.items() if first[cid] <= t}
+                if matrices:
+                    self.log(task_scalars(matrices, first), (t + 1) * rounds_per_task)
+                continue
             matrices = {cid: {m: s["accuracy_matrix"][: t + 1] for m, s in models.items()}
                         for cid, models in per_client.items()}
             if matrices:

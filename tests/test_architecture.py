@@ -116,13 +116,13 @@ def test_a_cycle_is_found():  # the check above can fail
 
 NEW_KIND = '''
 
-class Scenario(Component):
-    """How a benchmark's data becomes tasks (a kind added by a test)."""
+class Augmentation(Component):
+    """How training inputs are augmented (a kind added by a test)."""
 
 
 KINDS = (*KINDS, ComponentKind(
-    "scenario", Scenario, "register_scenarios", "scenario", "scenario_options",
-    "none", "how tasks are formed from the data ('none': the benchmark's own)",
+    "augmentation", Augmentation, "register_augmentations", "augmentation", "augmentation_options",
+    "none", "how training inputs are augmented ('none': not at all)",
     optional=True))
 '''
 
@@ -140,18 +140,18 @@ USE_IT = textwrap.dedent('''
     from fclkit.docgen import cli_reference, configuration_reference, kinds_table
     assert fclkit.__file__.startswith(sys.argv[1]), fclkit.__file__  # the copy with the row
 
-    class Rotated(kinds.Scenario):
+    class Rotated(kinds.Augmentation):
         name = "rotated"
-        description = "tasks are rotations of the data"
+        description = "inputs rotated at random"
 
         @attrs.frozen
         class Options:
-            angle: float = setting(15.0, "degrees between two tasks")
+            angle: float = setting(15.0, "largest rotation, in degrees")
 
     class Plugin:
         @staticmethod
         @fclkit.hookimpl
-        def register_scenarios(register):
+        def register_augmentations(register):
             register(Rotated)
 
     import fclkit.plugins
@@ -161,27 +161,27 @@ USE_IT = textwrap.dedent('''
 
     listing = CliRunner().invoke(fclkit.cli.app, ["plugins", "--options"],
                                  env={"COLUMNS": "200"}).output
-    assert "scenario" in listing and "rotated" in listing and "angle" in listing, listing
+    assert "augmentation" in listing and "rotated" in listing and "angle" in listing, listing
     help_text = CliRunner().invoke(fclkit.cli.app, ["run", "--help"],
                                    env={"COLUMNS": "200"}).output
-    assert "--scenario " in help_text and "--scenario-opt" in help_text, help_text
-    assert "scenario = " in commented_toml()
-    assert "`scenario`" in configuration_reference()
-    assert "`[scenario_options]`" in configuration_reference()
-    assert "`--scenario-opt`" in cli_reference()
-    assert "`register_scenarios(register)`" in kinds_table()
+    assert "--augmentation " in help_text and "--augmentation-opt" in help_text, help_text
+    assert "augmentation = " in commented_toml()
+    assert "`augmentation`" in configuration_reference()
+    assert "`[augmentation_options]`" in configuration_reference()
+    assert "`--augmentation-opt`" in cli_reference()
+    assert "`register_augmentations(register)`" in kinds_table()
 
     out = Path(sys.argv[2])
     result = CliRunner().invoke(fclkit.cli.app, [
-        "run", "--scenario", "rotated", "--scenario-opt", "angle=30", "--fusion", "fedavg",
+        "run", "--augmentation", "rotated", "--augmentation-opt", "angle=30", "--fusion", "fedavg",
         "--clients", "2", "--tasks", "2", "--rounds", "1", "--epochs", "1", "--loggers",
         "none", "-q", "--output", str(out), "--name", "r"])
     assert result.exit_code == 0, (result.output, result.exception)
     components = json.loads((out / "r" / "run.json").read_text())["components"]
-    scenario = [c for c in components if c["kind"] == "scenario"]
-    assert scenario == [{**scenario[0], "name": "rotated", "options": {"angle": 30.0}}]
+    augmentation = [c for c in components if c["kind"] == "augmentation"]
+    assert augmentation == [{**augmentation[0], "name": "rotated", "options": {"angle": 30.0}}]
     config = fclkit.load_config(out / "r" / "config.toml")
-    assert config.scenario == "rotated" and config.scenario_options == {"angle": 30}
+    assert config.augmentation == "rotated" and config.augmentation_options == {"angle": 30}
     print("ok")
 ''')
 

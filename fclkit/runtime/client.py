@@ -99,7 +99,8 @@ class Client:
     # ------------------------------------------------------------ messages
 
     def apply(self, download: Download | None) -> None:
-        """Load what the server sent (weights are copied into the live modules)."""
+        """Load what the server sent (weights are copied into the live modules), then hand
+        the download to the method's client side (``ClientSide.receive``)."""
         if download is None:
             return
         if download.small_state is not None:
@@ -107,6 +108,7 @@ class Client:
         if download.fm_state is not None:
             self.fm_state = dict(download.fm_state)
             self.fm_classes = sorted(download.fm_classes or ())
+        self.method.receive(download)
 
     def fit(self, round_info: RoundInfo, download: Download | None) -> Upload:
         """Apply ``download``, train one round on the current task, return the upload.

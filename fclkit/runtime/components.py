@@ -175,6 +175,10 @@ def resolve(config: ExperimentConfig, registry: Registry, warn: Any = None
         value = getattr(config, kind.field)
         entries = {n: registry.get(kind.name, n) for n in kind.names(value, registry)}
         table = getattr(config, kind.options_field)
+        if kind.name == "foundation_model" and entries:  # what the method needs, under
+            fusion = registry.get("fusion", config.fusion).cls  # the user's own options
+            (fm,) = entries.values()
+            table = {**fusion.foundation_model_options(config, fm.cls), **table}
         if kind.several:
             options = _several_options(kind, entries, table)
         else:

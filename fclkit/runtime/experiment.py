@@ -23,7 +23,7 @@ from ..tracking import LoggerSet
 from ..validation import UpdateValidator
 from .client import Client
 from .components import Components, check_compatibility, resolve
-from .loop import TaskRoundLoop
+from .loop import TaskRoundLoop, check_stream
 from .seeding import derive_seed, seed_everything
 from .server import Server
 
@@ -79,9 +79,13 @@ class Experiment:
         self.reporter.phase(f"loading benchmark {c.benchmark}")
         spec = StreamSpec(num_clients=c.clients, num_tasks=c.tasks, seed=c.seed,
                           partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
-                          public_fraction=c.public_fraction)
+                          public_fraction=c.public_fraction, scenario=c.scenario,
+                          domain_transform=c.domain_transform,
+                          rotation_angle=c.rotation_angle, class_order=c.class_order,
+                          classes_per_client=c.classes_per_client)
         benchmark = self.components.one("benchmark")
         self.stream = benchmark.cls(benchmark.options).build(spec)
+        check_stream(self.stream, spec, c.benchmark)
         modality = self.stream.input_spec.modality
         for name, model in self.components.named("client_model").items():
             if modality not in model.cls.modalities:
@@ -120,7 +124,8 @@ class Experiment:
             client_ids=tuple(range(c.clients)), architectures=dict(self.architectures),
             num_classes=self.stream.num_classes, device=c.device, seed=c.seed,
             foundation_model=self.foundation_model, public=self.server_public_set(),
-            build_small_model=self.build_small_model))
+            build_small_model=self.build_small_model, input_spec=self.stream.input_spec,
+            num_tasks=self.stream.num_tasks))
         self.server = Server(fusion)
         self.server.global_fm_state = self.initial_fm_state
 

@@ -6,11 +6,21 @@ An engine only decides *where* clients run, through a
     evaluate every client before training (for forward transfer)
     for each task t:
         for each round r:
-            clients: apply last download, train round r of task t, upload
+            participants: the clients that have joined by task t, a ``participation``
+                     fraction of them sampled under (seed, t, r)
+            clients: each participant applies its latest download, trains round r of
+                     task t, uploads
             core:    validate every upload (a rejected one is a failure)
             server:  fusion -> downloads (+ global FM part)
             checkpoint
-        clients: apply the last downloads, evaluate every model on every task
+        clients: every client that has joined applies its latest download; every model
+                 is evaluated on every task
+
+A download waits for its client: a client that does not take part in a round
+receives nothing, uploads nothing and keeps its state (small model, strategy, FM
+part) unchanged; it applies the latest download the server addressed to it when it
+next trains, or at the end of the task's evaluation. A late joiner is trained from
+the task it joins at (``join_tasks``), and its metrics cover only its tasks.
 """
 
 from __future__ import annotations
@@ -20,11 +30,72 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import FclkitError
+from ..config import round_participants
+from ..errors import ConfigError, FclkitError
 from ..interfaces import ClientExecutor
 from ..messages import Download, Failure, FusionResult, RoundInfo, Upload
 from ..metrics import assemble, mean_of_last
 from ..tracking import round_scalars, task_scalars
+from .seeding import derive_seed
+
+#: ``rounds.csv`` status of a client that has joined and was not sampled for the round
+NOT_SELECTED = "not-selected"
+#: ``rounds.csv`` status of a client before the task it joins at
+NOT_JOINED = "not-joined"
+
+
+def participants(config: Any, task: int, round: int) -> tuple[int, ...]:
+    """The ids of the clients that train in ``round`` of ``task`` (0-based): those that have
+    joined by then, a ``participation`` fraction of them sampled under the seed."""
+    joins = config.join_task_of()
+    joined = [k for k in range(config.clients) if joins[k] <= task]
+    n = round_participants(config.participation, len(joined))
+    if n >= len(joined):
+        return tuple(joined)
+    import random
+
+    rng = random.Random(derive_seed(config.seed, "participants", task, round))
+    return tuple(sorted(rng.sample(joined, n)))
+
+
+def closing_clients(config: Any, task: int, round: int, chosen: tuple[int, ...]
+                    ) -> tuple[int, ...] | None:
+    """The participants of ``round`` that train in no later round of ``task``: their last
+    round of the task, where their strategy consolidates it. None when every client that
+    has joined trains in every round (the task's last round closes it for all)."""
+    if config.participation >= 1.0:
+        return None
+    later = {k for r in range(round + 1, config.rounds) for k in participants(config, task, r)}
+    return tuple(k for k in chosen if k not in later)
+
+
+def check_stream(stream: Any, spec: Any, benchmark: str) -> None:
+    """The stream a benchmark built is the one the run asked for: a benchmark that cuts its
+    data without :mod:`fclkit.partition` may not know every scenario."""
+    if getattr(stream, "scenario", "class") != spec.scenario:
+        raise ConfigError("scenario", spec.scenario,
+                          f"benchmark {benchmark!r} cannot make {spec.scenario}-incremental "
+                          f"tasks (it built {getattr(stream, 'scenario', 'class')}-incremental "
+                          "ones)", hint="--scenario class, or a benchmark that cuts its data "
+                          "with fclkit.partition (digits, mnist, imagefolder, text-file, "
+                          "hf-dataset, ...)")
+    if spec.class_order == "per-client" and any(not c.class_order for c in stream.clients):
+        raise ConfigError("class_order", spec.class_order,
+                          f"benchmark {benchmark!r} does not give the clients their own class "
+                          "orders", hint="--class-order shared")
+    if spec.partition == "quantity":
+        import torch
+
+        for client in stream.clients:
+            for task in client.tasks:
+                held = len(torch.unique(task.y_train))
+                if held > spec.classes_per_client:
+                    raise ConfigError(
+                        "partition", spec.partition,
+                        f"benchmark {benchmark!r} did not apply it: client "
+                        f"{client.client_id} holds {held} classes of task {task.task_id + 1} "
+                        f"(classes_per_client = {spec.classes_per_client})",
+                        hint="--partition iid or dirichlet")
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -85,39 +156,74 @@ class TaskRoundLoop:
 
         if start == 0:  # from fclkit.run's start (or the Experiment's) to the first round
             timings["to_first_round"] = time.perf_counter() - e.created
+        joins = c.join_task_of()
         for step in range(start, T * R):
             t, r = divmod(step, R)
-            info = RoundInfo(task=t, round=r, rounds_per_task=R)
+            chosen = participants(c, t, r)
+            info = RoundInfo(task=t, round=r, rounds_per_task=R, participants=chosen,
+                             closing=closing_clients(c, t, r, chosen))
             rep.round_started(t, r)
+            # each participant gets the latest download addressed to it; the others' wait
+            delivered = {cid: loop.pending.pop(cid, None) for cid in chosen}
             t0 = time.perf_counter()
-            uploads, fails = executor.fit(info, loop.pending)
+            uploads, fails = executor.fit(info, {k: d for k, d in delivered.items()
+                                                 if d is not None})
             timings["client_train"] += time.perf_counter() - t0
+            self._only_participants(uploads, fails, chosen)
             accepted = self._validate(uploads, fails, info)
-            delivered = {cid: loop.pending.get(cid) for cid in range(K)}
             t0 = time.perf_counter()
             result = e.server.aggregate(info, accepted, fails)
             fusion_seconds = time.perf_counter() - t0
             timings["fusion"] += fusion_seconds
             self._record_round(info, uploads, accepted, delivered, result, fusion_seconds)
             e.loggers.log(round_scalars(loop.rows[-K:]), step + 1)
-            loop.pending = dict(result.downloads)
+            loop.pending.update(result.downloads)
             rep.round_done(t, r)
             if info.is_last_round:
+                joined = [k for k in range(K) if joins[k] <= t]
                 t0 = time.perf_counter()
-                loop.evals.append(executor.evaluate(t, loop.pending, e.server.global_fm()))
+                applied = {k: loop.pending.pop(k) for k in joined if k in loop.pending}
+                loop.evals.append(executor.evaluate(t, applied, e.server.global_fm()))
                 timings["evaluation"] += time.perf_counter() - t0
-                loop.pending = {}
-                rep.task_done(t, mean_of_last(loop.evals[-1], t))
+                rep.task_done(t, mean_of_last(loop.evals[-1], t, joins))
                 e.loggers.log(task_scalars(
-                    {cid: {m: [ev[cid][m] for ev in loop.evals] for m in loop.evals[-1][cid]}
-                     for cid in loop.evals[-1]}), step + 1)
+                    {cid: {m: [ev[cid][m] for ev in loop.evals[joins[cid]:]]
+                           for m in loop.evals[-1][cid]}
+                     for cid in loop.evals[-1] if joins.get(cid, 0) <= t},
+                    first_task={cid: joins[cid] for cid in joins}), step + 1)
             self._sync_feature_cache()
             self._checkpoint(executor, info, step)
         self._sync_feature_cache()
+        stream = e.stream
+        shared = [list(tc) for tc in stream.task_classes] or (
+            [list(t.classes) for t in stream.clients[0].tasks] if stream.class_order else None)
         return assemble(loop.initial, loop.evals, loop.rows, loop.failures, clients=K,
-                        rounds_per_task=R, class_order=e.stream.class_order,
-                        task_classes=[t.classes for t in e.stream.clients[0].tasks],
-                        architectures=e.architectures, timings=timings)
+                        rounds_per_task=R,
+                        class_order=list(stream.class_order) if stream.class_order else None,
+                        task_classes=shared,
+                        architectures=e.architectures, timings=timings, join_tasks=joins,
+                        scenario=getattr(stream, "scenario", "class"),
+                        domains=list(getattr(stream, "domains", ())),
+                        client_tasks={cs.client_id: {
+                            "class_order": list(cs.class_order or stream.class_order),
+                            "task_classes": [list(task.classes) for task in cs.tasks]}
+                            for cs in stream.clients},
+                        participation=c.participation)
+
+    def _only_participants(self, uploads: list[Upload], fails: list[Failure],
+                           chosen: tuple[int, ...]) -> None:
+        """An engine that trained a client outside the round's participants cannot honour
+        ``participation`` or ``join_tasks``: stop with one line rather than record it."""
+        allowed = set(chosen)
+        extra = sorted(({u.client_id for u in uploads} | {f.client_id for f in fails})
+                       - allowed)
+        if extra:
+            raise FclkitError(
+                f"engine {self.experiment.config.engine!r} ran client(s) "
+                f"{', '.join(map(str, extra))}, which do not take part in this round "
+                f"(participants: {', '.join(map(str, chosen))}): it ignores "
+                "RoundInfo.participants",
+                hint="use --engine local, or participation = 1 and no join_tasks")
 
     def _backbone_seconds(self) -> float:
         return float(getattr(self.experiment.foundation_model, "backbone_seconds", 0.0) or 0.0)
@@ -156,8 +262,10 @@ class TaskRoundLoop:
                             f"{info.round + 1}: {f.reason}")
         if len(accepted) < e.config.min_clients:
             cause = next((f.error for f in fails if f.error is not None), None)
+            asked = (len(info.participants) if info.participants is not None
+                     else e.config.clients)
             raise FclkitError(
-                f"only {len(accepted)} of {e.config.clients} clients delivered a valid update "
+                f"only {len(accepted)} of {asked} clients delivered a valid update "
                 f"in task {info.task + 1}, round {info.round + 1} (min_clients = "
                 f"{e.config.min_clients}): "
                 + "; ".join(f"client {f.client_id}: {f.reason}" for f in fails),
@@ -172,13 +280,18 @@ class TaskRoundLoop:
         e = self.experiment
         by_client = {u.client_id: u for u in uploads}
         ok = {u.client_id for u in accepted}
+        joins = e.config.join_task_of()
         for cid in range(e.config.clients):
             u = by_client.get(cid)
-            d_in = delivered[cid]
+            d_in = delivered.get(cid)
             d_out = result.downloads.get(cid)
+            if cid not in delivered:
+                status = NOT_JOINED if joins[cid] > info.task else NOT_SELECTED
+            else:
+                status = "ok" if cid in ok else ("rejected" if u is not None else "failed")
             self.state.rows.append({
                 "task": info.task, "round": info.round, "client": cid,
-                "status": "ok" if cid in ok else ("rejected" if u is not None else "failed"),
+                "status": status,
                 "architecture": e.architectures[cid],
                 "num_examples": u.num_examples if u else 0,
                 "train_loss": u.metadata.get("train_loss") if u else None,

@@ -15,7 +15,8 @@ class LocalExecutor(ClientExecutor):
     Each round runs under the core's client guard (``Client.fit_guarded``): a client
     that raises, takes longer than ``client_timeout``, or whose update is rejected
     (e.g. NaN weights) is rolled back to its state before the round and takes part
-    again, cleanly, in the next one.
+    again, cleanly, in the next one. Only the round's participants
+    (``RoundInfo.participants``) train; the others are left untouched.
     """
 
     def __init__(self, host: EngineHost) -> None:
@@ -28,8 +29,12 @@ class LocalExecutor(ClientExecutor):
             ) -> tuple[list[Upload], list[Failure]]:
         uploads: list[Upload] = []
         failures: list[Failure] = []
-        for cid, client in self.clients.items():
-            outcome = client.fit_guarded(round_info, downloads.get(cid), timeout=self.timeout)
+        chosen = (self.clients if round_info.participants is None
+                  else round_info.participants)
+        for cid in chosen:
+            client = self.clients[cid]
+            outcome = client.fit_guarded(round_info.for_client(cid), downloads.get(cid),
+                                         timeout=self.timeout)
             if outcome.failure is not None:
                 failures.append(outcome.failure)
             elif outcome.upload is not None:  # the core validates it again and records why

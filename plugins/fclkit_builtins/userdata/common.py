@@ -60,8 +60,45 @@ def max_length_setting() -> Any:
 
 
 def domain_setting() -> Any:
-    return setting("", "column naming each example's domain -- accepted and checked to "
-                   "exist, but NOT used yet (tasks are class-incremental)", a_string, _to_str)
+    return setting("", "column naming each example's domain: with --scenario domain each "
+                   "domain is one task (in sorted order, or domain_order's); ignored by "
+                   "class-incremental runs", a_string, _to_str)
+
+
+def domain_order_setting() -> Any:
+    return setting("", "comma list of the domain values in task order, e.g. 'photo,sketch' "
+                   "(domains not listed are left out); '': every domain, sorted",
+                   a_string, _to_str)
+
+
+def domain_ids(benchmark: str, values: Sequence[Any], order: str
+               ) -> tuple[Any, tuple[str, ...]]:
+    """(int64 domain id per value, -1 for a domain left out; the domains' names in task
+    order) of raw domain values: sorted (numbers numerically, else as strings), or in the
+    order of ``order`` (a comma list of values, compared as strings)."""
+    import numpy as np
+
+    missing = [i for i, v in enumerate(values)
+               if v is None or (isinstance(v, str) and not v.strip())]
+    if missing:
+        raise FclkitError(f"benchmark {benchmark!r}: {len(missing)} example(s) have no domain "
+                          f"(the first: example {missing[0] + 1})")
+    values = [v.strip() if isinstance(v, str) else v for v in values]
+    _, names, mapping = label_ids(values)
+    if not order.strip():
+        ids = np.fromiter((mapping[v] for v in values), dtype=np.int64, count=len(values))
+        return ids, names
+    wanted = [part.strip() for part in order.split(",")]
+    known = {str(v): v for v in mapping}
+    unknown = [w for w in wanted if w not in known]
+    if unknown or len(set(wanted)) != len(wanted) or not all(wanted):
+        why = (f"no domain {unknown[0]!r} in the data" if unknown
+               else "lists a domain twice or an empty one")
+        raise ConfigError("benchmark_options.domain_order", order,
+                          f"{why}; its domains: {', '.join(names)}")
+    position = {known[w]: i for i, w in enumerate(wanted)}
+    ids = np.fromiter((position.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    return ids, tuple(wanted)
 
 
 def require_path(benchmark: str, value: str, what: str, example: str) -> Path:
@@ -161,25 +198,61 @@ class UserDataBenchmark(LabelledPoolBenchmark):
 
     def stream_from_splits(self, spec: StreamSpec, x: Any, y: Any, *, input_spec: InputSpec,
                            class_names: Sequence[str], x_test: Any = None,
-                           y_test: Any = None, public_x: Any = None, public_y: Any = None
-                           ) -> FederatedStream:
+                           y_test: Any = None, public_x: Any = None, public_y: Any = None,
+                           domains: Any = None, domains_test: Any = None,
+                           domain_names: Sequence[str] = ()) -> FederatedStream:
         """The stream: ``test_fraction`` held out under ``split_seed`` unless a test split is
-        given; the server's public set is ``public_x`` when given (its labels kept for
-        analysis only, like langid's), else ``public_fraction`` of the training data."""
+        given (of every class in every domain, in a domain-incremental run); the server's
+        public set is ``public_x`` when given (its labels kept for analysis only, like
+        langid's), else ``public_fraction`` of the training data. ``domains`` (and
+        ``domains_test`` with a test split) are the examples' domain ids (``-1``: left
+        out), used when the run's scenario is ``domain``."""
         import numpy as np
         import torch
 
-        from fclkit.partition import class_incremental_stream, split_public
+        from fclkit.partition import federated_stream, split_public
         from fclkit.stream import PublicSet
 
         y = np.asarray(y, dtype=np.int64)
+        use_domains = spec.scenario == "domain" and domains is not None
+        d = d_test = None
+        if use_domains:
+            d = np.asarray(domains, dtype=np.int64)
+            keep = np.flatnonzero(d >= 0)
+            if len(keep) < len(d):
+                x, y, d = x[keep], y[keep], d[keep]
+            if x_test is not None:
+                if domains_test is None:
+                    raise ConfigError("benchmark_options.domain_column", "",
+                                      "the test split has no domain column",
+                                      hint="test_split='' holds out test_fraction of "
+                                      "train_split instead")
+                d_test = np.asarray(domains_test, dtype=np.int64)
+                keep = np.flatnonzero(d_test >= 0)
+                y_test = np.asarray(y_test, dtype=np.int64)
+                if len(keep) < len(d_test):
+                    x_test, y_test, d_test = x_test[keep], y_test[keep], d_test[keep]
+        if use_domains:
+            present = set(y.tolist()) | (set(np.asarray(y_test).tolist())
+                                         if y_test is not None else set())
+            missing = [c for c in range(len(class_names)) if c not in present]
+            if missing:
+                raise ConfigError("benchmark_options.domain_order", ",".join(domain_names),
+                                  "the domains kept hold no example of class "
+                                  + ", ".join(repr(str(class_names[c])) for c in missing[:5]),
+                                  hint="keep more domains")
         if x_test is None:
-            train, test = split_public(y, self.options.test_fraction,
+            strata = y if d is None else d * (int(y.max()) + 1 if len(y) else 1) + y
+            train, test = split_public(strata, self.options.test_fraction,
                                        np.random.default_rng(self.options.split_seed))
             x, x_test, y, y_test = x[train], x[test], y[train], y[test]
-        stream = class_incremental_stream(x, y, x_test, np.asarray(y_test, dtype=np.int64),
-                                          spec, input_spec=input_spec, public=public_x,
-                                          class_names=tuple(class_names))
+            if d is not None:
+                d, d_test = d[train], d[test]
+        stream = federated_stream(x, y, x_test, np.asarray(y_test, dtype=np.int64),
+                                  spec, input_spec=input_spec, public=public_x,
+                                  class_names=tuple(class_names),
+                                  domains=None if d is None else (d, d_test),
+                                  domain_names=tuple(domain_names))
         if public_x is not None and public_y is not None and stream.public is not None:
             stream = attrs.evolve(stream, public=PublicSet(
                 x=stream.public.x, y=torch.as_tensor(np.asarray(public_y, dtype=np.int64))))

@@ -18,6 +18,8 @@ column) or texts (``text_column``), labelled by ``label_column`` (a
 test split is ``test_split`` when the data set has it, else ``test_fraction``
 of ``train_split`` (drawn under ``split_seed``); the server's public set is
 ``public_split`` when given, else ``public_fraction`` of the training data.
+With ``domain_column`` and ``--scenario domain``, each value of that column is one
+task (sorted, or in ``domain_order``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from .common import (
     a_string,
     channels_setting,
     check_classes,
+    domain_ids,
+    domain_order_setting,
     domain_setting,
     image_size_setting,
     image_spec,
@@ -115,6 +119,7 @@ class HFDatasetBenchmark(UserDataBenchmark):
         image_size: int = image_size_setting()
         max_length: int = max_length_setting()
         domain_column: str = domain_setting()
+        domain_order: str = domain_order_setting()
         hub_timeout: float = setting(3.0, "seconds to wait for the Hugging Face hub before "
                                      "treating the machine as offline", positive_float)
 
@@ -266,7 +271,8 @@ class HFDatasetBenchmark(UserDataBenchmark):
         return self.stream_from_splits(
             spec, p["x"], p["y"], input_spec=p["input_spec"], class_names=p["names"],
             x_test=p.get("x_test"), y_test=p.get("y_test"), public_x=p.get("public_x"),
-            public_y=p.get("public_y"))
+            public_y=p.get("public_y"), domains=p.get("domains"),
+            domains_test=p.get("domains_test"), domain_names=p.get("domain_names", ()))
 
     def _parts(self) -> dict[str, Any]:
         splits = self.load_splits()  # first: says what to install when datasets is missing
@@ -336,6 +342,29 @@ class HFDatasetBenchmark(UserDataBenchmark):
             parts["x_test"] = self._inputs(used["test"], modality, column, o.test_split,
                                             channels)
             parts["y_test"] = y_all[n_train:]
+        if o.domain_order and not o.domain_column:
+            raise ConfigError("benchmark_options.domain_order", o.domain_order,
+                              "orders the values of domain_column, which is not set",
+                              hint="--benchmark-opt domain_column=NAME")
+        if o.domain_column:
+            values = list(train[o.domain_column])
+            test_values: list[Any] = []
+            if use_test:
+                if o.domain_column not in used["test"].features:
+                    raise ConfigError("benchmark_options.domain_column", o.domain_column,
+                                      f"split {o.test_split!r} has no such column",
+                                      hint="test_split='' holds out test_fraction of "
+                                      "train_split instead")
+                test_values = list(used["test"][o.domain_column])
+            feature = train.features[o.domain_column]
+            if isinstance(feature, datasets.ClassLabel):  # domains by their names
+                values, test_values = ([None if v is None or v < 0 else feature.names[v]
+                                        for v in vs] for vs in (values, test_values))
+            ids, parts["domain_names"] = domain_ids(self.name, values + test_values,
+                                                    o.domain_order)
+            parts["domains"] = ids[:len(values)]
+            if use_test:
+                parts["domains_test"] = ids[len(values):]
         if o.public_split:
             parts["public_x"] = self._inputs(used["public"], modality, column,
                                               o.public_split, channels)

@@ -6,7 +6,9 @@ object per line (a ``.json`` file may also hold one list of objects). The
 numbers, mapped to class ids in sorted order (numbers numerically, else as
 strings), their values becoming the class names. Texts are encoded as UTF-8
 bytes (:mod:`fclkit.text`, the encoding of ``langid``), ``max_length`` bytes
-per text. The shared split and stream are :class:`fclkit.pool.LabelledPoolBenchmark`'s.
+per text. With ``domain_column`` and ``--scenario domain``, each value of that
+column is one task (sorted, or in ``domain_order``). The shared split and stream
+are :class:`fclkit.pool.LabelledPoolBenchmark`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .common import (
     UserDataBenchmark,
     a_string,
     check_classes,
+    domain_ids,
+    domain_order_setting,
     domain_setting,
     label_ids,
     max_length_setting,
@@ -102,6 +106,7 @@ class TextFileBenchmark(UserDataBenchmark):
                                  a_string)
         max_length: int = max_length_setting()
         domain_column: str = domain_setting()
+        domain_order: str = domain_order_setting()
 
     def load_pool(self) -> LabelledPool:
         from fclkit.text import encode_texts, text_input_spec
@@ -138,4 +143,13 @@ class TextFileBenchmark(UserDataBenchmark):
         y, names, _ = label_ids(values)
         check_classes(self.name, y, names)
         x = encode_texts(texts, o.max_length)
-        return LabelledPool(x, y, text_input_spec(o.max_length), class_names=names)
+        domains, domain_names = None, ()
+        if o.domain_order and not o.domain_column:
+            raise ConfigError("benchmark_options.domain_order", o.domain_order,
+                              "orders the values of domain_column, which is not set",
+                              hint="--benchmark-opt domain_column=NAME")
+        if o.domain_column:
+            domains, domain_names = domain_ids(self.name, [r.get(o.domain_column)
+                                                           for r in rows], o.domain_order)
+        return LabelledPool(x, y, text_input_spec(o.max_length), class_names=names,
+                            domains=domains, domain_names=domain_names)
