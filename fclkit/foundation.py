@@ -17,7 +17,9 @@ features are cached per distinct input row (content hash), in memory and -- once
 with its ``cache_dir`` setting -- on disk, under the backbone's identity
 (:meth:`~FrozenBackboneFoundationModel.cache_identity`: model, weights hash,
 preprocessing options), so later runs compute nothing. With adapters the
-backbone changes as they train, so every forward pass runs it (no cache).
+backbone changes as they train, so every forward pass runs it (no cache) -- unless
+``adapter_cache`` is on: then passes without gradients (evaluation) keep their features
+in memory for the adapters' current weights, found by a hash of those weights.
 ``backbone_seconds`` counts the time spent in backbone passes (features found in
 neither cache).
 
@@ -63,6 +65,10 @@ class BackboneOptions:
     cache_max_bytes: int = setting(DEFAULT_MAX_BYTES, "most bytes the on-disk feature cache "
                                    "folder (run setting cache_dir) may hold, least recently "
                                    "used shards deleted first (0: no limit)", int_at_least(0))
+    adapter_cache: bool = setting(False, "with trained adapters: keep the features computed "
+                                  "without gradients (evaluation, guidance) for the adapters' "
+                                  "current weights (by their hash), so the same inputs under "
+                                  "unchanged adapters run the backbone once", boolean)
 
 
 #: weights digests computed in this process, by (class, weights source)
@@ -268,9 +274,35 @@ class FrozenBackboneFoundationModel(FoundationModel):
 
         self._check_ready()
         if self._adapters:
+            if self.options.adapter_cache and not torch.is_grad_enabled():
+                return self._adapter_cache().features(
+                    x, self._timed_backbone_pass).to(self.device)
             return self._timed_backbone_pass(x).to(self.device)
         with torch.no_grad():
             return self._cache.features(x, self._timed_backbone_pass).to(self.device)
+
+    #: adapter states whose features :meth:`_adapter_cache` keeps (the most recent)
+    ADAPTER_CACHE_STATES = 2
+
+    def _adapter_cache(self) -> FeatureCache:
+        """The in-memory cache of features under the adapters' current weights (option
+        ``adapter_cache``): one per adapter state, found by a hash of the adapter tensors."""
+        import torch
+
+        h = hashlib.blake2b(digest_size=16)
+        for name, p in sorted(self._adapters.items()):
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        key = h.hexdigest()
+        caches = self.__dict__.setdefault("_adapter_caches", {})
+        cache = caches.pop(key, None)
+        if cache is None:
+            cache = FeatureCache(self.options.cache_max_entries or None)
+        caches[key] = cache  # the most recent last
+        while len(caches) > self.ADAPTER_CACHE_STATES:
+            del caches[next(iter(caches))]
+        return cache
 
     def forward(self, x: Any) -> Any:
         return self.head(self.features(x))
@@ -335,6 +367,7 @@ class FrozenBackboneFoundationModel(FoundationModel):
         """Empty the in-memory cache (the disk cache stays)."""
         self._check_ready()
         self._cache.clear()
+        self.__dict__.pop("_adapter_caches", None)
 
     def flush_cache(self) -> None:
         """Write the features computed since the last flush to the disk cache (if on)."""

@@ -32,11 +32,11 @@ def test_plugins_options_show_help_texts():
     (["--cl", "nope"], "unknown strategy 'nope'; available:"),
     (["--fusion", "nope"],
      "unknown fusion 'nope'; available: fedavg, feddf, fedprox, fm-fedavg, fm-only, "
-     "isolated, one-by-one"),
+     "glfc, isolated, one-by-one, pilora, target"),
     (["--client-models", "resnet999"],
      "unknown client model 'resnet999'; available: cnn, lenet, mlp"),
     (["--benchmark", "nope"],
-     "unknown benchmark 'nope'; available: digits, hf-dataset, imagefolder, langid, mnist"),
+     "unknown benchmark 'nope'; available: digits, hf-dataset, imagefolder, langid, langid-real, mnist"),
     (["--engine", "nope"], "unknown engine 'nope'; available: flower, local"),
     (["--fm", "nope"], "unknown foundation model 'nope'"),
     (["--clients", "0"], "invalid clients = 0: must be an integer >= 1"),

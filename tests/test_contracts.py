@@ -36,7 +36,8 @@ def test_strategy_contract(name):
     testing.check_strategy(REGISTRY.get("strategy", name).cls)
 
 
-@pytest.mark.parametrize("name", ["fedavg", "isolated", "fedprox", "feddf"])
+@pytest.mark.parametrize("name", ["fedavg", "isolated", "fedprox", "feddf", "glfc",
+                                  "target"])
 def test_fusion_contract(name):
     testing.check_fusion(REGISTRY.get("fusion", name).cls)
 
@@ -71,7 +72,8 @@ def test_logger_contract(name, monkeypatch):
 
 def test_every_offline_builtin_is_covered():
     assert set(BUILTIN["fusion"]) == {"fedavg", "isolated", "one-by-one", "fm-only",
-                                      "fedprox", "feddf", "fm-fedavg"}
+                                      "fedprox", "feddf", "fm-fedavg", "glfc", "target",
+                                      "pilora"}
     assert set(OFFLINE_BENCHMARKS) <= set(BUILTIN["benchmark"])
     assert BUILTIN["logger"] == ["tensorboard", "wandb"]
 
