@@ -109,6 +109,18 @@ class OneByOneDistillation(KnowledgeFusion):
             "(same results as one at a time, to float rounding; several times faster with "
             "many clients); used when the FM's trainable part is a plain head over frozen "
             "backbone features (not with LoRA adapters); false: one part at a time")
+        calibration: str = setting(
+            "none", "our addition (not the paper's): 'gaussian' has every client upload "
+            "per-class count, mean and variance of the backbone features of its private "
+            "examples, and the server retrains each distilled FM part on features drawn "
+            "from those Gaussians (CCVR, Luo et al. 2021); 'none': the paper's method",
+            one_of("none", "gaussian"))
+        calibration_samples: int = setting(
+            200, "calibration: virtual features drawn per class and round", int_at_least(1))
+        calibration_epochs: int = setting(
+            5, "calibration: epochs over the virtual features", int_at_least(1))
+        calibration_lr: float = setting(
+            5e-3, "calibration: Adam learning rate", positive_float)
         # the client side: Small Model Continual Fine-tuning (FMGuidance)
         guidance_weight: float = setting(
             1.0, "clients: weight of the foundation model's distillation term in the small "
@@ -140,10 +152,20 @@ class OneByOneDistillation(KnowledgeFusion):
                 "5), or teacher_classes = 'seen' or 'task'")
         fm = context.foundation_model
         initial = fm.trainable_state()
+        if self.options.calibration != "none" and (
+                not hasattr(fm, "precompute") or any(not k.startswith("head.")
+                                                     for k in initial)):
+            raise fclkit.ConfigError(
+                "fusion_options.calibration", self.options.calibration, "calibration draws "
+                "virtual backbone features for the FM's head, and this FM's trainable part "
+                "is more than a head over frozen features (e.g. LoRA adapters)",
+                hint="set calibration = 'none', or use the FM without adapters")
         self.personal: dict[int, dict[str, Any]] = {k: initial for k in context.client_ids}
         self.personal_classes: dict[int, list[int]] = {k: [] for k in context.client_ids}
         self.global_state: dict[str, Any] = initial
         self.global_classes: list[int] = []
+        #: calibration: class -> client id -> (count, feature mean, feature variance)
+        self.feature_stats: dict[int, dict[int, tuple[float, Any, Any]]] = {}
 
     # ----------------------------------------------------------------- fuse
 
@@ -164,6 +186,10 @@ class OneByOneDistillation(KnowledgeFusion):
                            self._order(k, ids, round_info), (k, round_info.task, round_info.round))
                       for k in self.context.client_ids]
         fused = self._distil_lanes(lanes, teachers)
+        if self.options.calibration == "gaussian":
+            self._collect_feature_stats(uploads)
+            fused = [self._calibrate(state, classes, lane.seed_parts)
+                     for (state, classes), lane in zip(fused, lanes, strict=True)]
         self.global_state, self.global_classes = fused[0]
         downloads = {}
         for i, k in enumerate(self.context.client_ids):
@@ -338,6 +364,69 @@ class OneByOneDistillation(KnowledgeFusion):
             known = sorted(set(known) | set(t_classes))
         return fm.trainable_state(), known
 
+    # ---------------------------------------------------------- calibration
+
+    def _collect_feature_stats(self, uploads: Sequence[Upload]) -> None:
+        """Keep each client's latest feature statistics of every class it uploaded."""
+        for u in uploads:
+            p = u.payload
+            if "feature_classes" not in p:
+                continue
+            for i, c in enumerate(p["feature_classes"].tolist()):
+                self.feature_stats.setdefault(int(c), {})[u.client_id] = (
+                    float(p["feature_count"][i]), p["feature_mean"][i], p["feature_var"][i])
+
+    def _pooled(self, c: int) -> tuple[Any, Any]:
+        """Mean and variance of class ``c``'s features over every client that has it."""
+        import torch
+
+        stats = list(self.feature_stats[c].values())
+        n = torch.tensor([s[0] for s in stats])
+        means, variances = torch.stack([s[1] for s in stats]), torch.stack([s[2] for s in stats])
+        w = (n / n.sum()).unsqueeze(1)
+        mean = (w * means).sum(0)
+        var = (w * (variances + means ** 2)).sum(0) - mean ** 2
+        return mean, var.clamp(min=0)
+
+    def _calibrate(self, state: dict[str, Any], known: list[int],
+                   seed_parts: tuple) -> tuple[dict, list]:
+        """Retrain an FM part on virtual features: for every known class with statistics,
+        ``calibration_samples`` draws from N(pooled mean, pooled variance), cross-entropy
+        over the known classes (CCVR's classifier calibration)."""
+        import torch
+        import torch.nn.functional as F
+
+        from fclkit.runtime.seeding import derive_seed
+
+        classes = [c for c in sorted(known) if c in self.feature_stats]
+        if not classes:
+            return state, known
+        o, fm = self.options, self.context.foundation_model
+        gen = torch.Generator().manual_seed(derive_seed(self.context.seed, "calibrate",
+                                                        *seed_parts))
+        z, y = [], []
+        for c in classes:
+            mean, var = self._pooled(c)
+            noise = torch.randn(o.calibration_samples, len(mean), generator=gen)
+            z.append(mean + noise * var.sqrt())
+            y.append(torch.full((o.calibration_samples,), c, dtype=torch.long))
+        z, y = torch.cat(z), torch.cat(y)
+        cols = torch.tensor(sorted(known), dtype=torch.long)
+        position = torch.full((int(cols.max()) + 1,), -1, dtype=torch.long)
+        position[cols] = torch.arange(len(cols))
+        target = position[y]
+        fm.load_trainable_state(state)
+        optimizer = torch.optim.Adam(fm.trainable_parameters(), lr=o.calibration_lr)
+        device = self.context.device
+        for _ in range(o.calibration_epochs):
+            for idx in torch.randperm(len(y), generator=gen).split(o.batch_size):
+                logits = fm.forward_precomputed(z[idx]).index_select(1, cols.to(device))
+                loss = F.cross_entropy(logits, target[idx].to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return fm.trainable_state(), known
+
     def _trust(self, t_logits: Any, t_classes: list[int]) -> Any:
         """``teacher_trust = labels``: per public row, the teacher's precision on the
         class it predicts there, (right + 1) / (predicted + 2) over the server's
@@ -385,7 +474,10 @@ class OneByOneDistillation(KnowledgeFusion):
     def state_dict(self) -> dict[str, Any]:
         return {"personal": {str(k): v for k, v in self.personal.items()},
                 "personal_classes": {str(k): v for k, v in self.personal_classes.items()},
-                "global_state": self.global_state, "global_classes": self.global_classes}
+                "global_state": self.global_state, "global_classes": self.global_classes,
+                "feature_stats": {str(c): {str(k): {"count": n, "mean": m, "var": v}
+                                           for k, (n, m, v) in by_client.items()}
+                                  for c, by_client in self.feature_stats.items()}}
 
     def load_state_dict(self, state: Any) -> None:
         if not state:
@@ -394,3 +486,6 @@ class OneByOneDistillation(KnowledgeFusion):
         self.personal_classes = {int(k): list(v) for k, v in state["personal_classes"].items()}
         self.global_state = state["global_state"]
         self.global_classes = list(state["global_classes"])
+        self.feature_stats = {int(c): {int(k): (float(e["count"]), e["mean"], e["var"])
+                                       for k, e in by_client.items()}
+                              for c, by_client in state.get("feature_stats", {}).items()}

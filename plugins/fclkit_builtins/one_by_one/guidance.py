@@ -11,6 +11,11 @@ the small model does (examples of classes the FM does not know are kept in
 both): each skipped example gets weight 0 in the batch mean, each kept one the
 same weight as in ``"all"``. The FM's backbone features are cached by the FM, so
 the guidance costs a head pass per mini-batch.
+
+With ``calibration = "gaussian"`` (our addition, not the paper's; docs/method.md) each
+client also uploads, for every class of its current task, the count, mean and variance
+of the frozen backbone's features of its private examples (:meth:`FMGuidance.payload`):
+statistics of what the FM's trainable part sees, never an example.
 """
 
 from __future__ import annotations
@@ -55,3 +60,26 @@ class FMGuidance(ClientSide):
                                                weights=keep.float())
 
         return [fm_guidance]
+
+    def payload(self, round: ClientRound) -> dict[str, Any]:
+        """``calibration = "gaussian"``: per class of the task, the count, mean and
+        per-dimension variance of the backbone features of the client's examples."""
+        fm = round.foundation_model
+        if fm is None or getattr(self.options, "calibration", "none") == "none":
+            return {}
+        import torch
+
+        task = round.task
+        with torch.no_grad():
+            z = fm.precompute(task.x_train).float().cpu()
+        y = task.y_train.cpu()
+        classes = sorted({int(c) for c in y.tolist()})
+        count, mean, var = [], [], []
+        for c in classes:
+            zc = z[y == c]
+            count.append(len(zc))
+            mean.append(zc.mean(0))
+            var.append(zc.var(0, unbiased=False))
+        return {"feature_classes": torch.tensor(classes, dtype=torch.long),
+                "feature_count": torch.tensor(count, dtype=torch.float32),
+                "feature_mean": torch.stack(mean), "feature_var": torch.stack(var)}
