@@ -1,7 +1,8 @@
 """The comparison that decides: the method against the strongest baselines, the ceilings
 and its own ablations, over several seeds and benchmarks.
 
-    python examples/compare.py --benchmark digits langid split-fmnist --seeds 0 1 2 --jobs 2
+    python examples/compare.py --benchmark digits langid split-fmnist --core-rows langid \
+        split-fmnist --seeds 0 1 2 --jobs 2 --set threads=1 loggers=none
 
 For each benchmark and seed it runs (docs/results.md explains every row):
 
@@ -22,7 +23,8 @@ For each benchmark and seed it runs (docs/results.md explains every row):
   public sets.
 
 The server holds ``--public-labels`` labelled examples per class of its public set, for
-every fusion that uses them. ``--rows core`` keeps the rows the goal check needs.
+every fusion that uses them. ``--core-rows BENCHMARK...`` keeps, for those benchmarks,
+the rows the goal check needs.
 
 It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final average
 accuracy and forgetting of every model a row trains, a figure per benchmark, and the goal
@@ -41,8 +43,11 @@ import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 import fclkit
 
@@ -68,15 +73,19 @@ MODELS = ("fm", "fm_global", "small")
 LABELS = {"fm": "personalised FM", "fm_global": "global FM", "small": "small models"}
 METHOD_CL = ("naive", "ewc", "lwf", "replay")
 METHOD = "one-by-one × replay"  # the method row the goal check and ablations are about
+#: the method with our addition: per-class feature statistics (fusion option calibration)
+CALIBRATED = "one-by-one × replay + feature statistics"
 FM_ONLY, FM_FEDAVG = "FM without private data (fm-only)", "FM-side FedAvg (fm-fedavg)"
 FEDDF, FEDAVG_REPLAY, ISOLATED = "FedDF × replay", "FedAvg × replay", "isolated × replay"
 FM_CEILING = "FM part, joint"
-GROUPS = {"method": "The method", "baseline": "Baselines", "ceiling": "Ceilings",
+GROUPS = {"method": "The method", "baseline": "Baselines",
+          "literature": "Methods from the literature (docs/methods.md)", "ceiling": "Ceilings",
           "ablation": "Ablations of the method (one-by-one × replay)",
           "public": "The public set's size (one-by-one × replay and fm-only)"}
 #: rows the goal check needs (``--rows core``)
-CORE = {METHOD, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
-        FM_CEILING}
+LITERATURE = ("GLFC × replay", "TARGET × naive", "PILoRA")
+CORE = {METHOD, CALIBRATED, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
+        FM_CEILING, *LITERATURE}
 
 
 def _row(label: str, group: str, fusion: str, cl: str, models: str, client_models: str,
@@ -97,6 +106,8 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
     for models, kind in ((homo, "homogeneous"), (hetero, "heterogeneous")):
         runs += [_row(f"one-by-one × {cl}", "method", "one-by-one", cl, kind, models, labels)
                  for cl in METHOD_CL]
+        runs.append(_row(CALIBRATED, "method", "one-by-one", "replay", kind, models, labels,
+                         fusion_options={"calibration": "gaussian"}))
     runs += [
         _row(ISOLATED, "baseline", "isolated", "replay", "homogeneous", homo, labels, small),
         _row(ISOLATED, "baseline", "isolated", "replay", "heterogeneous", hetero, labels,
@@ -117,6 +128,14 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
         _row(FM_FEDAVG, "baseline", "fm-fedavg", "replay", "homogeneous", homo, labels,
              fm_side),
     ]
+    if benchmark in TEXT_FM:  # an FM that trains LoRA adapters
+        runs.append(_row("PILoRA", "literature", "pilora", "naive", "homogeneous", homo,
+                         labels, fm_side, fm=fm))
+    else:  # image benchmarks: the small models' methods
+        runs += [_row("GLFC × replay", "literature", "glfc", "replay", "homogeneous", homo,
+                      labels, small),
+                 _row("TARGET × naive", "literature", "target", "naive", "homogeneous", homo,
+                      labels, small)]
     joint = {"clients": 1, "tasks": 1, "rounds": tasks * rounds}
     runs.append(_row(FM_CEILING, "ceiling", "fm-fedavg", "naive", "homogeneous", homo,
                      labels, fm_side, **joint))
@@ -140,6 +159,9 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
         _row("no server labels", "ablation", "one-by-one", "replay", "homogeneous", homo, 0),
         _row("MLP head", "ablation", "one-by-one", "replay", "homogeneous", homo, labels,
              fm_options={"head": "mlp"}),
+        _row("feature statistics, guidance off", "ablation", "one-by-one", "replay",
+             "homogeneous", homo, labels,
+             fusion_options={"calibration": "gaussian", "guidance_weight": 0.0}),
     ]
     if spec["public"] is not None:
         where, sizes = spec["public"]
@@ -205,7 +227,8 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
     recorded = {(c["kind"], c["name"]): c.get("options")
                 for c in json.loads((run_dir / "run.json").read_text())["components"]}
     unchecked = []
-    for now in Experiment(config, _registry()).components.records():
+    components = Experiment(config, _registry()).components
+    for selected, now in zip(components.all(), components.records(), strict=True):
         then = recorded.get((now["kind"], now["name"]))
         if then is not None:  # options older runs set as top-level fields (e.g. guidance_*)
             table = by_name()[now["kind"]].options_field
@@ -215,7 +238,11 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
         if then is None:
             unchecked.append(f"{now['kind']} {now['name']!r}")
         elif then != now["options"]:
-            changed = sorted(k for k in now["options"] if then.get(k) != now["options"][k])
+            # an option added since the run, at its default: it reproduces what the run did
+            # (component options are attrs fields; a new one's default must change nothing)
+            defaults = {a.name: a.default for a in attrs.fields(selected.cls.Options)}
+            changed = sorted(k for k in now["options"] if then.get(k) != now["options"][k]
+                             and not (k not in then and now["options"][k] == defaults.get(k)))
             differ += [f"{now['kind']} option {k}" for k in changed]
             saved.update({f"{now['kind']} option {k}": then.get(k) for k in changed})
             wanted.update({f"{now['kind']} option {k}": now["options"][k] for k in changed})
@@ -261,15 +288,15 @@ def _default_fm(benchmark: str) -> str | None:
 
 
 def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: dict,
-            labels: int, rows: str = "all", reuse_only: bool = False,
+            labels: int, core: Sequence[str] = (), reuse_only: bool = False,
             jobs: int = 1) -> list:
     """Run (or reuse) every planned run; the rows of the finished ones."""
     tasks = int(overrides.get("tasks", fclkit.config.FIELDS["tasks"].default))
     rounds = int(overrides.get("rounds", fclkit.config.FIELDS["rounds"].default))
     todo, results = [], []
     for benchmark in benchmarks:
-        specs = plan(benchmark, labels, rows, fm=_default_fm(benchmark), tasks=tasks,
-                     rounds=rounds)
+        specs = plan(benchmark, labels, "core" if benchmark in core else "all",
+                     fm=_default_fm(benchmark), tasks=tasks, rounds=rounds)
         for spec in specs:
             for seed in seeds:
                 kwargs = _config_kwargs(benchmark, spec, seed, output, overrides)
@@ -329,7 +356,8 @@ def summarise(rows: list[dict]) -> dict:
     return groups
 
 
-def table(groups: dict, benchmark: str, group: str) -> list[str]:
+def table(groups: dict, benchmark: str, group: str, seeds: int = 0) -> list[str]:
+    """One group's rows; a row finished for fewer than ``seeds`` seeds says how many."""
     keys = [k for k in groups if k[0] == benchmark and groups[k]["group"] == group]
     if not keys:
         return []
@@ -338,8 +366,9 @@ def table(groups: dict, benchmark: str, group: str) -> list[str]:
              "global FM acc. | small acc. | small forg. |", "|---|---|---|---|---|---|---|"]
     for key in keys:
         g = groups[key]
+        few = f" ({len(g['seeds'])} of {seeds} seeds)" if len(g["seeds"]) < seeds else ""
         lines.append(
-            f"| {key[1]} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
+            f"| {key[1]}{few} | {key[2]} | {_cell(g['fm']['accuracy'])} | "
             f"{_cell(g['fm']['forgetting'])} | {_cell(g['fm_global']['accuracy'])} | "
             f"{_cell(g['small']['accuracy'])} | {_cell(g['small']['forgetting'])} |")
     return lines + [""]
@@ -349,7 +378,7 @@ def _verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def goal_check(groups: dict, benchmark: str) -> list[str]:
+def goal_check(groups: dict, benchmark: str, method: str = METHOD) -> list[str]:
     """The goal of the comparison (issue #15), checked from the table: (a) the personalised
     FM reaches 95 % of the FM part's joint ceiling; (b) the method's small models are at
     least as good as FedAvg × replay's (homogeneous) and as isolated × replay's and FedDF's
@@ -360,7 +389,7 @@ def goal_check(groups: dict, benchmark: str) -> list[str]:
         g = groups.get((benchmark, label, models))
         return _mean(g[model]["accuracy"]) if g else None
 
-    method_fm, method_small = acc(METHOD, "fm"), acc(METHOD, "small")
+    method_fm, method_small = acc(method, "fm"), acc(method, "small")
     if method_fm is None:
         return []
     checks: list[tuple[str, str, float | None, float | None, bool | None]] = []
@@ -378,7 +407,7 @@ def goal_check(groups: dict, benchmark: str) -> list[str]:
           method_small, acc(FEDAVG_REPLAY, "small"), lambda a, b: a >= b)
     for label in (ISOLATED, FEDDF):
         check(f"(b) small models ≥ {label}'s (heterogeneous)", "small models",
-              acc(METHOD, "small", "heterogeneous"), acc(label, "small", "heterogeneous"),
+              acc(method, "small", "heterogeneous"), acc(label, "small", "heterogeneous"),
               lambda a, b: a >= b)
     check(f"(c) personalised FM ≥ {FM_ONLY} + 2", "FM", method_fm, acc(FM_ONLY, "fm"),
           lambda a, b: a >= b + 2)
@@ -387,25 +416,25 @@ def goal_check(groups: dict, benchmark: str) -> list[str]:
     check(f"(c) personalised FM within 3 points of {FM_FEDAVG}", "FM", method_fm,
           acc(FM_FEDAVG, "fm"), lambda a, b: a >= b - 3)
     check("(c) heterogeneous small models cost ≤ 2 points of FM accuracy",
-          "FM, heterogeneous vs homogeneous", acc(METHOD, "fm", "heterogeneous"), method_fm,
+          "FM, heterogeneous vs homogeneous", acc(method, "fm", "heterogeneous"), method_fm,
           lambda a, b: b - a <= 2)
 
     def num(v: float | None) -> str:
         return "–" if v is None else f"{v:.1f}"
 
-    lines = [f"### Goal check ({benchmark})", "",
-             f"Computed from the tables above, for **{METHOD}** (homogeneous unless "
+    lines = [f"### Goal check ({benchmark}): {method}", "",
+             f"Computed from the tables above, for **{method}** (homogeneous unless "
              "said).", "", "| goal | compares | method | reference | margin | met? |",
              "|---|---|---|---|---|---|"]
     for name, what, ours, theirs, ok in checks:
         margin = "–" if ours is None or theirs is None else f"{ours - theirs:+.1f}"
         lines.append(f"| {name} | {what} | {num(ours)} | {num(theirs)} | {margin} | "
                      f"{'–' if ok is None else _verdict(ok)} |")
-    best_small = max((acc(k[1], "small") or 0.0, k[1]) for k in groups
-                     if k[0] == benchmark and groups[k]["group"] == "ceiling"
-                     and k[1].startswith("small model"))
+    best_small = max(((acc(k[1], "small") or 0.0, k[1]) for k in groups
+                      if k[0] == benchmark and groups[k]["group"] == "ceiling"
+                      and k[1].startswith("small model")), default=(0.0, ""))
     fm_ceiling = acc(FM_CEILING, "fm")
-    if fm_ceiling is not None and best_small[0]:
+    if method == METHOD and fm_ceiling is not None and best_small[0]:
         lines += ["", f"Is the FM stronger than the small models on this data? Trained "
                   f"jointly on every client's data, the FM part reaches {fm_ceiling:.1f} % "
                   f"and the best small model ({best_small[1].split()[2].rstrip(',')}) "
@@ -474,9 +503,9 @@ def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
         figure(groups, b, figures / f"{b}-accuracy.png")
         lines += [f"## {b}", ""]
         for group in GROUPS:
-            lines += table(groups, b, group)
+            lines += table(groups, b, group, len(seeds))
         lines += [f"![{b}](results/{b}-accuracy.png)", ""]
-        lines += goal_check(groups, b)
+        lines += goal_check(groups, b) + goal_check(groups, b, CALIBRATED)
     doc.write_text("\n".join(lines) + "\n" + ANALYSIS + kept, encoding="utf-8")
 
 
@@ -491,8 +520,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the table goes; an analysis section is kept if present")
     parser.add_argument("--public-labels", type=int, default=5, metavar="N",
                         help="labelled public examples per class the server holds (default 5)")
-    parser.add_argument("--rows", choices=("all", "core"), default="all",
-                        help="'core': only the rows the goal check needs")
+    parser.add_argument("--core-rows", nargs="*", default=[], metavar="BENCHMARK",
+                        help="benchmarks that get only the rows the goal check needs (the "
+                        "method, the strongest baselines, the ceilings)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel, each in its own process (use --set threads=1)")
     parser.add_argument("--reuse-only", action="store_true",
@@ -502,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = fclkit.config.parse_option_pairs(args.set, "--set")
     rows = run_all(args.benchmark, args.seeds, args.output, overrides, args.public_labels,
-                   args.rows, args.reuse_only, args.jobs)
+                   args.core_rows, args.reuse_only, args.jobs)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "comparison.json").write_text(json.dumps(rows, indent=1))
     given = [a for a in (sys.argv[1:] if argv is None else argv)
