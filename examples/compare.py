@@ -193,7 +193,17 @@ def run_name(benchmark: str, spec: dict, seed: int) -> str:
 
 
 #: config fields added after runs were made, whose default changes nothing
-NEUTRAL_NEW_FIELDS = ("grad_clip",)
+NEUTRAL_NEW_FIELDS = ("grad_clip", "scenario", "domain_transform", "rotation_angle",
+                      "class_order", "classes_per_client", "participation", "join_tasks")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as TOML gives it back (tuples are lists), for comparing configurations."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @functools.cache
@@ -211,13 +221,13 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
     import tomllib
 
     saved = tomllib.loads((run_dir / "config.toml").read_text())
-    wanted = config.to_dict()
+    wanted = _plain(config.to_dict())
     # 'auto' is resolved in the saved file: compare those fields only when not 'auto'
     resolved = [k for k in ("fm", "client_models") if "auto" in
                 ((wanted[k],) if isinstance(wanted[k], str) else wanted[k])]
     # fields added later whose default reproduces what runs did before they existed
     for key in NEUTRAL_NEW_FIELDS:
-        if key not in saved and wanted.get(key) == fclkit.config.FIELDS[key].default:
+        if key not in saved and wanted.get(key) == _plain(fclkit.config.FIELDS[key].default):
             saved[key] = wanted[key]
     differ = sorted(k for k in wanted if k not in resolved and saved.get(k) != wanted[k])
     # component options, defaults included (older runs' run.json did not record them)
