@@ -40,6 +40,7 @@ import concurrent.futures
 import functools
 import json
 import multiprocessing
+import shutil
 import statistics
 import sys
 import time
@@ -318,6 +319,9 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
                 elif reuse_only:
                     print(f"not run yet, left out: {kwargs['name']}", flush=True)
                 else:
+                    if run_dir.exists():  # an interrupted run: fclkit would write beside it
+                        print(f"removing the unfinished run {run_dir}", flush=True)
+                        shutil.rmtree(run_dir)
                     todo.append((benchmark, spec, seed, kwargs))
     print(f"{len(results)} finished runs reused, {len(todo)} to run", flush=True)
     if jobs <= 1:
