@@ -16,9 +16,18 @@ one untimed run of each command comes first):
   ``time.time()``; at the first ``train_round`` call it prints the timeline and
   exits. Times are measured from just before the parent starts the child, so
   they include the interpreter's own start-up;
-* for reference, standalone import times of the heavy libraries a run loads.
+* for reference, standalone import times of the heavy libraries a run loads:
+  torch; ``torch._dynamo``, which ``torch.optim`` imports at the first optimizer
+  (any strategy); fclkit's Avalanche modules as fclkit imports them (only the
+  modules a strategy needs, see ``fclkit_builtins.avalanche.lazy_import``) and as
+  Avalanche's own package ``__init__`` files would (``FCLKIT_AVALANCHE_EAGER=1``).
 
-    python benchmarks/startup.py [--repeats 5] [--first-step-repeats 3] [--json out.json]
+``--compare-eager`` also times the first step with ``FCLKIT_AVALANCHE_EAGER=1``
+(Avalanche imported whole, as before), alternating with the default, so that both
+figures come from the same machine state.
+
+    python benchmarks/startup.py [--repeats 5] [--first-step-repeats 3] [--compare-eager]
+                                 [--json out.json]
 """
 
 from __future__ import annotations
@@ -115,12 +124,15 @@ def child(output: str, threads: int) -> None:
     raise SystemExit("the run ended without calling train_round")
 
 
-def first_step_timeline(threads: int) -> dict:
+def first_step_timeline(threads: int, eager: bool = False) -> dict:
     tmp = tempfile.mkdtemp(prefix="fclkit-startup-")
+    env = {k: v for k, v in os.environ.items() if k != "FCLKIT_AVALANCHE_EAGER"}
+    if eager:
+        env["FCLKIT_AVALANCHE_EAGER"] = "1"
     try:
         launched = time.time()
         proc = subprocess.run([sys.executable, __file__, "--child", tmp, str(threads)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if not lines:
             raise SystemExit(f"child failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -144,14 +156,18 @@ def phases(events: list[tuple[str, float]]) -> dict[str, float]:
     return out
 
 
-def import_time(module: str, repeats: int, pre: str = "") -> float:
+def import_time(module: str, repeats: int, pre: str = "", eager: bool = False) -> float:
     code = (f"{pre}\nimport time\nt = time.perf_counter()\nimport {module}\n"
             "print(time.perf_counter() - t)")
-    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "FCLKIT_AVALANCHE_EAGER"}
+    if eager:
+        env["FCLKIT_AVALANCHE_EAGER"] = "1"
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                   check=True, env=env)
     vals = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                             text=True, check=True, env=env)
         vals.append(float(out.stdout.strip().splitlines()[-1]))
     return statistics.median(vals)
 
@@ -164,6 +180,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--threads", type=int, default=1,
                         help="--threads of the `fclkit run` (0: torch's default)")
+    parser.add_argument("--compare-eager", action="store_true",
+                        help="also time the first step with Avalanche imported whole "
+                        "(FCLKIT_AVALANCHE_EAGER=1), alternating with the default")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -194,7 +213,11 @@ def main() -> None:
           f"({'OK' if res[0] == 'False' else 'NOT OK'}); of {', '.join(HEAVY)} loaded: "
           f"{res[1] or 'none'}")
 
-    runs = [first_step_timeline(args.threads) for _ in range(args.first_step_repeats)]
+    runs, eager_runs = [], []
+    for _ in range(args.first_step_repeats):
+        runs.append(first_step_timeline(args.threads))
+        if args.compare_eager:
+            eager_runs.append(first_step_timeline(args.threads, eager=True))
     spans = [
         ("interpreter start-up (site, .pth files)", None, "script started (interpreter up)"),
         ("import fclkit", "script started (interpreter up)", "import fclkit"),
@@ -257,18 +280,36 @@ def main() -> None:
     print(f"summary: interpreter + import fclkit + CLI {imports:.2f} s; setup (benchmark "
           f"load + FM load + rest) {setup:.2f} s; time to first step "
           f"{statistics.median(first):.2f} s")
+    if eager_runs:
+        eager_first = [r["events"][-1][1] for r in eager_runs]
+        build = [span(r, "build clients (strategies, Avalanche): start",
+                      "build clients (strategies, Avalanche): end") for r in eager_runs]
+        out["first_step_eager_avalanche_s"] = statistics.median(eager_first)
+        out["first_step_eager_avalanche_runs_s"] = eager_first
+        print(f"with Avalanche imported whole (FCLKIT_AVALANCHE_EAGER=1), alternating with the "
+              f"runs above: time to first step {statistics.median(eager_first):.2f} s (runs: "
+              f"{', '.join(f'{v:.2f}' for v in eager_first)}), of which build clients "
+              f"{statistics.median(build):.2f} s; fclkit's Avalanche import saves "
+              f"{statistics.median(eager_first) - statistics.median(first):.2f} s")
 
     print("\nstandalone import times for reference (fresh process each, median of 3):")
-    refs = {"torch": ("torch", ""), "avalanche (torch already imported)":
-            ("avalanche.training.supervised", "import torch"),
-            "efficientnet_lite_pytorch (torch already imported)":
-            ("efficientnet_lite_pytorch", "import torch"),
-            "sklearn.datasets": ("sklearn.datasets", "")}
+    dynamo = "import torch, torch._dynamo"
+    refs = {"torch": ("torch", "", False),
+            "torch._dynamo (torch imported; torch.optim's first optimizer imports it)":
+            ("torch._dynamo", "import torch", False),
+            "fclkit's Avalanche modules (torch, torch._dynamo imported)":
+            ("fclkit_builtins.avalanche.round_driver", dynamo, False),
+            "the same, Avalanche imported whole (FCLKIT_AVALANCHE_EAGER=1)":
+            ("fclkit_builtins.avalanche.round_driver", dynamo, True),
+            "efficientnet_lite_pytorch (torch imported)":
+            ("efficientnet_lite_pytorch", "import torch", False),
+            "sklearn.datasets (a default run does not import it)": ("sklearn.datasets", "",
+                                                                   False)}
     out["import_times_s"] = {}
-    for label, (module, pre) in refs.items():
-        t = import_time(module, 3, pre)
+    for label, (module, pre, eager) in refs.items():
+        t = import_time(module, 3, pre, eager)
         out["import_times_s"][label] = t
-        print(f"  import {label:<52}{t:>6.2f} s")
+        print(f"  import {label:<72}{t:>6.2f} s")
 
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -7,7 +7,9 @@
   run killed with SIGKILL (its Ray processes too) after its first checkpoint and
   resumed gives the uninterrupted run's, started from a folder holding ``fclkit/``;
 * deployment: a SuperLink and two SuperNodes as real processes on 127.0.0.1, each
-  node serving one client and rebuilding it in a fresh process for every message;
+  node serving one client through its worker process, which keeps the prepared
+  experiment between the per-message ``flwr-clientapp`` processes (and, in process,
+  the relay to a real worker process and its end with the run);
 * without flwr, choosing the engine stops at once with a one-line error.
 """
 
@@ -388,6 +390,96 @@ def test_a_restarted_node_continues_from_its_state_folder(monkeypatch, tmp_path)
     assert flower.metrics["failures"] == []
     assert flower.metrics["per_client"] == local.metrics["per_client"]
     assert 201 in InProcessFlower.last_grid.contexts  # the new node served client 1
+
+
+@needs_flower
+@pytest.mark.parametrize("cl", ["ewc", "der", "si"])
+def test_clients_kept_by_several_processes_give_the_local_accuracies(monkeypatch, cl):
+    """As in a simulation, where any Ray actor serves any client's message: a process's
+    kept client is used as it is when it holds the node's state, loaded with the node's
+    state when another process served the client since, and built when none is kept --
+    and every mix gives the local engine's numbers (Avalanche strategies, whose state
+    goes beyond the weights)."""
+    import random
+    from collections import OrderedDict
+
+    import fclkit_builtins.flower.client_app as app
+    from fclkit.runtime.experiment import Experiment
+
+    config = fclkit.ExperimentConfig(cl=cl, **TINY)
+    local = _run(config)
+    processes = [OrderedDict(), OrderedDict(), OrderedDict()]
+    pick = random.Random(0)
+    serve, build = app._serve, Experiment.build_client
+    built = []
+
+    def in_some_process(message, context, step):
+        monkeypatch.setattr(app, "_CLIENTS", pick.choice(processes))
+        return serve(message, context, step)
+
+    def counted(self, cid):
+        built.append(cid)
+        return build(self, cid)
+
+    monkeypatch.setattr(app, "_serve", in_some_process)
+    monkeypatch.setattr(Experiment, "build_client", counted)
+    flower = _run(config.evolve(engine="test-flower-inprocess"), components=[InProcessFlower])
+    assert flower.metrics["per_client"] == local.metrics["per_client"]
+    messages = (1 + 2) * 2 + 2 * 2 * 2  # evaluations and training rounds of both clients
+    assert 2 < len(built) <= 2 * len(processes) < messages  # kept clients were reused
+
+
+class InProcessFlowerClosing(InProcessFlower):
+    """:class:`InProcessFlower` that ends the run as the deployment ServerApp does."""
+
+    name = "test-flower-inprocess-closing"
+
+    def run(self, experiment: Any) -> None:
+        from fclkit_builtins.flower.client_app import client_app
+        from fclkit_builtins.flower.executor import FlowerExecutor
+
+        grid = InProcessGrid(client_app, experiment.config.clients)
+        type(self).last_grid = grid
+        executor = FlowerExecutor(grid, experiment, self.options, deployment=True)
+        try:
+            experiment.run_loop(executor)
+        finally:
+            executor.close()
+
+
+@needs_flower
+def test_deployment_nodes_serve_through_a_worker_that_keeps_the_experiment(monkeypatch):
+    """A per-message ClientApp process relays to the node's worker process (a real
+    one, over a Unix socket), which gives the local engine's numbers and exits when
+    the run ends."""
+    import fclkit_builtins.flower.node_worker as node_worker
+
+    if not hasattr(__import__("socket"), "AF_UNIX"):
+        pytest.skip("no Unix sockets here: nodes serve every message themselves")
+    config = fclkit.ExperimentConfig(cl="test-momentum-sgd", **TINY)
+    parts = [MomentumSGD, InProcessFlowerClosing]
+    local = _run(config, components=[MomentumSGD])
+    relayed, paths = [], set()
+    relay = node_worker.relay
+
+    def counted(content, context, step):
+        paths.add(node_worker.socket_path(content, context))
+        reply = relay(content, context, step)
+        relayed.append(reply is not None)
+        return reply
+
+    # as in a flwr-clientapp process: deployment messages go to the node's worker
+    monkeypatch.setattr(node_worker, "wanted", lambda content, context: True)
+    monkeypatch.setattr(node_worker, "relay", counted)
+    flower = _run(config.evolve(engine="test-flower-inprocess-closing",
+                                engine_options={"mode": "deployment"}), components=parts)
+    assert flower.metrics["per_client"] == local.metrics["per_client"]
+    assert relayed and all(relayed)  # every step was served by a worker
+    assert len(paths) == 2  # one worker per node
+    deadline = time.monotonic() + 10
+    while any(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(p.exists() for p in paths)  # told at the end of the run, they exited
 
 
 # ------------------------------------------------------------------ simulation

@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+from . import lazy_import  # noqa: F401  (first: Avalanche imported lazily)
+
+# isort: split
 from avalanche.core import SupervisedPlugin
-from avalanche.training.plugins import (
-    AGEMPlugin as _AvalancheAGEMPlugin,
-)
-from avalanche.training.plugins import SynapticIntelligencePlugin
+from avalanche.training.plugins.agem import AGEMPlugin as _AvalancheAGEMPlugin
+from avalanche.training.plugins.synaptic_intelligence import SynapticIntelligencePlugin
 from avalanche.training.utils import ParamData
 
 # ================================================================== plugin views

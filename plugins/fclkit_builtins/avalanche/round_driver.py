@@ -56,9 +56,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from avalanche.benchmarks import DatasetExperience, with_task_labels
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+
+from . import lazy_import  # noqa: F401  (first: Avalanche imported lazily)
+
+# isort: split
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.benchmarks.utils.classification_dataset import (
+    _make_taskaware_tensor_classification_dataset,
+)
+from avalanche.training.plugins.evaluation import EvaluationPlugin
+from avalanche.training.plugins.replay import ReplayPlugin
 
 from fclkit.errors import ConfigError, FclkitError
 from fclkit.interfaces import TrainReport

@@ -26,25 +26,25 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from avalanche.benchmarks.utils import (
-    TensorDataAttribute,
+
+from . import lazy_import  # noqa: F401  (first: Avalanche imported lazily)
+
+# isort: split
+from avalanche.benchmarks.utils.classification_dataset import (
     _make_taskaware_tensor_classification_dataset,
-    make_avalanche_dataset,
 )
+from avalanche.benchmarks.utils.data import make_avalanche_dataset
+from avalanche.benchmarks.utils.data_attribute import TensorDataAttribute
 from avalanche.benchmarks.utils.flat_data import FlatData
 from avalanche.benchmarks.utils.utils import concat_datasets
-from avalanche.training.plugins import (
-    AGEMPlugin as _AvalancheAGEMPlugin,
-)
-from avalanche.training.plugins import (
-    EWCPlugin,
-    GEMPlugin,
-    LwFPlugin,
-    MASPlugin,
-    ReplayPlugin,
-    SynapticIntelligencePlugin,
-)
+from avalanche.training.plugins.agem import AGEMPlugin as _AvalancheAGEMPlugin
 from avalanche.training.plugins.clock import Clock
+from avalanche.training.plugins.ewc import EWCPlugin
+from avalanche.training.plugins.gem import GEMPlugin
+from avalanche.training.plugins.lwf import LwFPlugin
+from avalanche.training.plugins.mas import MASPlugin
+from avalanche.training.plugins.replay import ReplayPlugin
+from avalanche.training.plugins.synaptic_intelligence import SynapticIntelligencePlugin
 from avalanche.training.storage_policy import BalancedExemplarsBuffer, ReservoirSamplingBuffer
 from avalanche.training.supervised.der import DER
 from avalanche.training.utils import ParamData

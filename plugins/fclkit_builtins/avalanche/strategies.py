@@ -109,7 +109,7 @@ class NaiveStrategy(AvalancheStrategy):
     description = "fine-tuning without any protection against forgetting (Avalanche Naive)"
 
     def avalanche_template(self):
-        from avalanche.training.supervised import Naive
+        from avalanche.training.supervised.strategy_wrappers import Naive
 
         return Naive, {}
 
@@ -130,7 +130,7 @@ class EWCStrategy(AvalancheStrategy):
             float_in(0.0, 1.0))
 
     def avalanche_template(self):
-        from avalanche.training.supervised import EWC
+        from avalanche.training.supervised.strategy_wrappers import EWC
 
         o = self.options
         return EWC, {"ewc_lambda": float(o.ewc_lambda), "mode": o.mode,
@@ -149,7 +149,7 @@ class LwFStrategy(AvalancheStrategy):
                                      positive_float)
 
     def avalanche_template(self):
-        from avalanche.training.supervised import LwF
+        from avalanche.training.supervised.strategy_wrappers import LwF
 
         return LwF, {"alpha": float(self.options.alpha),
                      "temperature": float(self.options.temperature)}
@@ -175,12 +175,12 @@ class ReplayStrategy(AvalancheStrategy):
             int_at_least(0))
 
     def avalanche_template(self):
-        from avalanche.training.supervised import Naive
+        from avalanche.training.supervised.strategy_wrappers import Naive
 
         return Naive, {}
 
     def method_plugins(self):
-        from avalanche.training.plugins import ReplayPlugin
+        from avalanche.training.plugins.replay import ReplayPlugin
         from avalanche.training.storage_policy import (
             ClassBalancedBuffer,
             ReservoirSamplingBuffer,
@@ -206,7 +206,7 @@ class SIStrategy(AvalancheStrategy):
         eps: float = setting(1e-7, "damping of the importance estimate", positive_float)
 
     def avalanche_template(self):
-        from avalanche.training.supervised import Naive
+        from avalanche.training.supervised.strategy_wrappers import Naive
 
         return Naive, {}
 
@@ -228,7 +228,7 @@ class MASStrategy(AvalancheStrategy):
                                float_in(0.0, 1.0))
 
     def avalanche_template(self):
-        from avalanche.training.supervised import MAS
+        from avalanche.training.supervised.strategy_wrappers import MAS
 
         return MAS, {"lambda_reg": float(self.options.lambda_reg),
                      "alpha": float(self.options.alpha), "verbose": False}
@@ -246,7 +246,7 @@ class AGEMStrategy(AvalancheStrategy):
                                    int_at_least(1))
 
     def avalanche_template(self):
-        from avalanche.training.supervised import Naive
+        from avalanche.training.supervised.strategy_wrappers import Naive
 
         return Naive, {}
 
@@ -268,7 +268,7 @@ class GEMStrategy(AvalancheStrategy):
             0.5, "margin added to the projection (favours backward transfer)", non_negative)
 
     def avalanche_template(self):
-        from avalanche.training.supervised import GEM
+        from avalanche.training.supervised.strategy_wrappers import GEM
 
         return GEM, {"patterns_per_exp": self.options.patterns_per_exp,
                      "memory_strength": float(self.options.memory_strength)}
@@ -290,7 +290,7 @@ class DERStrategy(AvalancheStrategy):
                               non_negative)
 
     def avalanche_template(self):
-        from avalanche.training.supervised import DER
+        from avalanche.training.supervised.der import DER
 
         o = self.options
         return DER, {"mem_size": o.mem_size, "batch_size_mem": o.batch_size_mem or None,

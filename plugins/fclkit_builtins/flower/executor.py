@@ -23,8 +23,10 @@ from fclkit.messages import Download, Failure, RoundInfo, Upload
 from .codec import decode, encode
 from .protocol import HEADER, PAYLOAD, STATE, arrays, cause, field
 
-#: seconds between two polls for replies
+#: seconds between two polls for replies (deployment: an HTTP request to the SuperLink;
+#: simulation: a look-up in this process's in-memory link state)
 POLL_SECONDS = 0.2
+POLL_SECONDS_SIMULATION = 0.02
 
 
 def _state(download: Download | None) -> dict[str, Any] | None:
@@ -48,6 +50,7 @@ class FlowerExecutor(ClientExecutor):
         self.experiment = experiment
         self.options = options
         self.deployment = deployment
+        self.poll = POLL_SECONDS if deployment else POLL_SECONDS_SIMULATION
         config = experiment.config
         client_config = (config.evolve(device=options.client_device)
                          if options.client_device else config)
@@ -169,8 +172,9 @@ class FlowerExecutor(ClientExecutor):
     # ---------------------------------------------------------- messages
 
     def _send_and_receive(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        """``Grid.send_and_receive``, polling for replies every 0.2 s (Flower's HTTP grid
-        waits 3 s between polls, which would add 1.5 s to every round on average)."""
+        """``Grid.send_and_receive``, polling for replies every 0.2 s (deployment: Flower's
+        HTTP grid waits 3 s between polls, which would add 1.5 s to every round on
+        average) or 0.02 s (simulation)."""
         pending = set(self.grid.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -180,7 +184,7 @@ class FlowerExecutor(ClientExecutor):
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(POLL_SECONDS)
+            time.sleep(self.poll)
         return replies
 
     def _message(self, node: int, message_type: str, cid: int, extra: dict[str, Any],
@@ -254,6 +258,19 @@ class FlowerExecutor(ClientExecutor):
         self.states[cid] = (skeleton, record)
         self.to_send.pop(cid, None)  # the node now holds (and has saved) this state
 
+    def close(self) -> None:
+        """Deployment: tell every node that the run is over, so that its worker (see
+        :mod:`.node_worker`) exits now rather than when idle. Best effort: a node that
+        does not answer within a few seconds is left to its idle timeout."""
+        if not self.deployment or not self.nodes:
+            return
+        messages = [self._message(node, "query", cid, {"bye": True}, None, "bye")
+                    for cid, node in sorted(self.nodes.items())]
+        try:
+            self._send_and_receive(messages, 30.0)
+        except Exception:  # noqa: BLE001 - the run's result does not depend on it
+            pass
+
     # ----------------------------------------------------------- checkpoints
 
     def client_states(self) -> dict[int, Any] | None:
@@ -274,8 +291,10 @@ class FlowerExecutor(ClientExecutor):
             ) -> tuple[list[Upload], list[Failure]]:
         extra = {"task": round_info.task, "round": round_info.round,
                  "rounds_per_task": round_info.rounds_per_task}
-        payloads = {cid: (extra, {"download": _state(downloads.get(cid))})
-                    for cid in range(self.num_clients)}
+        chosen = (range(self.num_clients) if round_info.participants is None
+                  else round_info.participants)  # only the round's participants train
+        payloads = {cid: ({**extra, "client_last": round_info.for_client(cid).is_last_round},
+                          {"download": _state(downloads.get(cid))}) for cid in chosen}
         ok, failed = self._exchange("train", f"task{round_info.task}-round{round_info.round}",
                                     payloads)
         uploads: list[Upload] = []

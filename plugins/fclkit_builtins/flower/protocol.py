@@ -3,8 +3,10 @@
 Message layout (server -> node), one message per client and step:
 
 =================  =============================================================
-``message_type``   ``query`` (which client do you serve?), ``train`` (one round of
-                   one task), ``evaluate`` (after a task, and once before the first)
+``message_type``   ``query`` (which client do you serve? with ``bye`` in the header:
+                   the run is over, a deployment node's worker may exit), ``train``
+                   (one round of one task), ``evaluate`` (after a task, and once
+                   before the first)
 ``content["fclkit"]``  ConfigRecord: ``client`` (id), ``config`` (the experiment
                    configuration as JSON), ``components`` (module/class of every
                    component, JSON), ``task``/``round``/``rounds_per_task`` or
@@ -45,7 +47,8 @@ from flwr.app import ArrayRecord
 #: record names in messages and in context.state
 HEADER, PAYLOAD, STATE = "fclkit", "payload", "state"
 STATE_META, STATE_ARRAYS = "fclkit.client", "fclkit.client.arrays"
-#: node_config keys
+#: node_config keys (and, in :mod:`.node_worker`, ``fclkit-node-worker`` and
+#: ``fclkit-worker-idle``)
 PARTITION_KEY, STATE_DIR_KEY = "partition-id", "fclkit-state-dir"
 #: run_config keys of a deployment run (written into the generated Flower App)
 RUN_CONFIG, RUN_COMPONENTS, RUN_RESULT = "fclkit-config", "fclkit-components", "fclkit-result"

@@ -39,6 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
     result_path = str(run_config.get(RUN_RESULT, ""))
     experiment = None
+    executor = None
 
     def write(result: dict[str, Any]) -> None:
         if result_path:
@@ -68,3 +69,6 @@ def main(grid: Grid, context: Context) -> None:
         write({"status": "failed", "error": str(exc), "type": type(exc).__name__,
                "hint": getattr(exc, "hint", None), "partial": partial, "rows": rows})
         raise
+    finally:
+        if executor is not None:  # after the result: `fclkit run` need not wait for it
+            executor.close()  # the nodes' workers may exit now

@@ -138,6 +138,12 @@ def backend_config(options: Any) -> dict[str, Any]:
         init_args["num_cpus"] = options.ray_num_cpus or os.cpu_count() or 1
         if options.ray_num_gpus >= 0:
             init_args["num_gpus"] = options.ray_num_gpus
+        # Ray starts one idle Python worker per CPU when it starts and again when this
+        # process connects; Flower's actors cannot use them (they need this run's
+        # runtime environment), so on a small machine they only compete with the
+        # actors' start for the CPUs
+        init_args["_system_config"] = {"enable_worker_prestart": False,
+                                       "prestart_worker_first_driver": False}
     return {
         "client_resources": {"num_cpus": options.num_cpus_per_client,
                              "num_gpus": options.num_gpus_per_client},
