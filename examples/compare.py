@@ -441,7 +441,10 @@ def goal_check(groups: dict, benchmark: str, method: str = METHOD) -> list[str]:
              "said).", "", "| goal | compares | method | reference | margin | met? |",
              "|---|---|---|---|---|---|"]
     for name, what, ours, theirs, ok in checks:
-        margin = "–" if ours is None or theirs is None else f"{ours - theirs:+.1f}"
+        margin = "–"
+        if ours is not None and theirs is not None:  # two decimals where one hides the sign
+            d = ours - theirs
+            margin = f"{d:+.2f}" if 0 < abs(d) < 0.05 else f"{d:+.1f}"
         lines.append(f"| {name} | {what} | {num(ours)} | {num(theirs)} | {margin} | "
                      f"{'–' if ok is None else _verdict(ok)} |")
     best_small = max(((acc(k[1], "small") or 0.0, k[1]) for k in groups
