@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import fclkit
-from fclkit.messages import RoundInfo, Upload
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ def test_plugins_options_show_help_texts():
     (["--client-models", "resnet999"],
      "unknown client model 'resnet999'; available: cnn, lenet, mlp"),
     (["--benchmark", "nope"],
-     "unknown benchmark 'nope'; available: digits, hf-dataset, imagefolder, langid, langid-real, mnist"),
+     "unknown benchmark 'nope'; available: digits, hf-dataset, imagefolder, langid, "
+     "langid-real, mnist"),
     (["--engine", "nope"], "unknown engine 'nope'; available: flower, local"),
     (["--fm", "nope"], "unknown foundation model 'nope'"),
     (["--clients", "0"], "invalid clients = 0: must be an integer >= 1"),
