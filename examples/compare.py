@@ -346,8 +346,9 @@ def _cell(values: list[float]) -> str:
     if not values:
         return "–"
     mean = 100 * statistics.fmean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    if len(values) == 1:  # one seed: no spread to show
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -506,7 +507,8 @@ def write_doc(groups: dict, benchmarks: list[str], seeds: list[int], doc: Path,
              f"Made by `{command}`: {seconds / 60:.0f} minutes of runs on a 2-core CPU "
              f"machine (seeds {', '.join(map(str, seeds))}; fclkit {fclkit.__version__}).",
              "", "Final average accuracy and average forgetting, in %, mean ± std over seeds "
-             "(each seed: mean over clients). '–': the row does not train that model "
+             "(each seed: mean over clients; a row run for fewer seeds says how many, and "
+             "with one seed shows its value alone). '–': the row does not train that model "
              "(FedAvg-style baselines have no FM; `fm-only`, `fm-fedavg` and the FM "
              "ceilings do not train the small models). The server holds "
              f"{labels} labelled examples per class of its public set (`public_labels`), for "
