@@ -45,14 +45,13 @@ Chinese share many characters (the pair is deliberately hard).
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import attrs
 
 from fclkit.config import int_at_least, setting
 from fclkit.errors import BenchmarkUnavailableError, ConfigError
 
-from .langid import LangIDBenchmark, _language_seed
+from .langid import LangIDBenchmark, _language_seed, language_list
 
 #: corpus folder -> (short code, English name)
 LANGUAGES: dict[str, tuple[str, str]] = {
@@ -92,27 +91,10 @@ DEFAULT_LANGUAGES = ("chinese", "dutch", "english", "indonesian", "italian", "ja
 _INSTALL_HINT = "pip install chatterbot-corpus"
 
 
-def _to_languages(value: Any) -> Any:
-    if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if isinstance(value, (list, tuple)):
-        names = tuple(str(v).strip().lower() for v in value)
-        return tuple(_BY_CODE.get(n, n) for n in names)
-    return value
-
-
-def _check_languages(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    known = ", ".join(LANGUAGES)
-    if not isinstance(value, tuple) or len(value) < 2:
-        raise ConfigError(attribute.name, value,
-                          f"must name at least 2 languages (comma list) of: {known}")
-    unknown = [v for v in value if v not in LANGUAGES]
-    if unknown:
-        raise ConfigError(attribute.name, value,
-                          f"unknown language(s) {', '.join(unknown)}; chatterbot-corpus has: "
-                          f"{known} (or their codes: {', '.join(_BY_CODE)})")
-    if len(set(value)) != len(value):
-        raise ConfigError(attribute.name, value, "names a language twice")
+_to_languages, _check_languages = language_list(
+    tuple(LANGUAGES), aliases=_BY_CODE,
+    unknown=f"chatterbot-corpus has: {', '.join(LANGUAGES)} (or their codes: "
+    f"{', '.join(_BY_CODE)})")
 
 
 def _data_dir():

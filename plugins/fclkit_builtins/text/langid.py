@@ -25,6 +25,7 @@ data (set it to 0 to carve ``public_fraction`` out of the training pool instead)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -62,28 +63,40 @@ def _language_seed(data_seed: int, code: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _to_codes(value: Any) -> Any:
-    if isinstance(value, str):
-        if value.strip().lower() == "all":
-            return tuple(LANGUAGES)
-        return tuple(part.strip().lower() for part in value.split(",") if part.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v).strip().lower() for v in value)
-    return value
+def language_list(known: Sequence[str], *, unknown: str, aliases: Mapping[str, str] = {},
+                  allow_all: bool = False) -> tuple[Any, Any]:
+    """The (converter, validator) of a ``languages`` option over the names ``known``: a
+    comma list or a sequence, lower-cased, ``aliases`` mapped to names, and ``'all'``
+    when ``allow_all``; ``unknown`` follows "unknown language(s) X; " in the error."""
+    names = ", ".join(known)
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            if allow_all and value.strip().lower() == "all":
+                return tuple(known)
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(aliases.get(n, n) for n in (str(v).strip().lower() for v in value))
+        return value
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        listing = "(comma list or 'all')" if allow_all else "(comma list)"
+        if not isinstance(value, tuple) or len(value) < 2:
+            raise ConfigError(attribute.name, value,
+                              f"must name at least 2 languages {listing} of: {names}")
+        missing = [v for v in value if v not in known]
+        if missing:
+            raise ConfigError(attribute.name, value,
+                              f"unknown language(s) {', '.join(missing)}; {unknown}")
+        if len(set(value)) != len(value):
+            raise ConfigError(attribute.name, value, "names a language twice")
+
+    return convert, check
 
 
-def _check_codes(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    known = ", ".join(LANGUAGES)
-    if not isinstance(value, tuple) or len(value) < 2:
-        raise ConfigError(attribute.name, value,
-                          f"must name at least 2 languages (comma list or 'all') of: {known}")
-    unknown = [v for v in value if v not in LANGUAGES]
-    if unknown:
-        raise ConfigError(attribute.name, value,
-                          f"unknown language(s) {', '.join(unknown)}; Faker has its own word "
-                          f"list only for: {known}")
-    if len(set(value)) != len(value):
-        raise ConfigError(attribute.name, value, "names a language twice")
+_to_codes, _check_codes = language_list(
+    tuple(LANGUAGES), allow_all=True,
+    unknown="Faker has its own word list only for: " + ", ".join(LANGUAGES))
 
 
 class LangIDBenchmark(Benchmark):
