@@ -1,5 +1,6 @@
 """Knowledge distillation between logits: the loss of one-by-one's server fusion and of its
-clients' FM guidance (and of any method that imports it)."""
+clients' FM guidance (and of any method that imports it); and the plain cross-entropy
+training of an FM part on precomputed features that fm-only and the calibration share."""
 
 from __future__ import annotations
 
@@ -56,3 +57,25 @@ def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float,
     return kd_loss_to_targets(student_logits,
                               soft_targets(teacher_logits, temperature, classes).to(
                                   student_logits.device), temperature, classes)
+
+
+def fit_on_features(fm: Any, z: Any, target: Any, columns: Any, *, epochs: int,
+                    batch_size: int, lr: float, generator: Any) -> None:
+    """Train ``fm``'s trainable part in place: cross-entropy of its logits restricted to
+    ``columns`` (class ids) against ``target`` (positions in ``columns``) on the
+    precomputed features ``z``, ``epochs`` passes of mini-batches drawn with
+    ``generator``, Adam at ``lr``."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.Adam(fm.trainable_parameters(), lr=lr)
+    for _ in range(epochs):
+        perm = torch.randperm(len(target), generator=generator)
+        for i in range(0, len(target), batch_size):
+            idx = perm[i:i + batch_size]
+            logits = fm.forward_precomputed(z[idx])
+            loss = F.cross_entropy(logits.index_select(1, columns.to(logits.device)),
+                                   target[idx].to(logits.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()

@@ -53,9 +53,10 @@ class PublicDataFM(KnowledgeFusion):
     def fuse(self, round_info: RoundInfo, uploads: Sequence[Upload],
              failures: Sequence[Failure]) -> FusionResult:
         import torch
-        import torch.nn.functional as F
 
         from fclkit.runtime.seeding import derive_seed
+
+        from .distillation import fit_on_features
 
         self.known = sorted(set(self.known).union(*(u.classes_seen for u in uploads)))
         fm = self.context.foundation_model
@@ -64,20 +65,11 @@ class PublicDataFM(KnowledgeFusion):
         rows, target = public.labelled_among(self.known)
         if len(target):
             z = fm.precompute(public.x[rows])  # the frozen part runs once per round
-            columns = torch.tensor(self.known)
-            opt = torch.optim.Adam(fm.trainable_parameters(), lr=self.options.lr)
             gen = torch.Generator().manual_seed(derive_seed(
                 self.context.seed, "fm-only", round_info.task, round_info.round))
-            for _ in range(self.options.epochs):
-                perm = torch.randperm(len(target), generator=gen)
-                for i in range(0, len(target), self.options.batch_size):
-                    idx = perm[i:i + self.options.batch_size]
-                    logits = fm.forward_precomputed(z[idx])
-                    loss = F.cross_entropy(logits.index_select(1, columns.to(logits.device)),
-                                           target[idx].to(logits.device))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+            fit_on_features(fm, z, target, torch.tensor(self.known),
+                            epochs=self.options.epochs, batch_size=self.options.batch_size,
+                            lr=self.options.lr, generator=gen)
             self.state = fm.trainable_state()
         return FusionResult(
             downloads={k: Download(fm_state=self.state, fm_classes=tuple(self.known))

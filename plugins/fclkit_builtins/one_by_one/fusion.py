@@ -394,9 +394,10 @@ class OneByOneDistillation(KnowledgeFusion):
         ``calibration_samples`` draws from N(pooled mean, pooled variance), cross-entropy
         over the known classes (CCVR's classifier calibration)."""
         import torch
-        import torch.nn.functional as F
 
         from fclkit.runtime.seeding import derive_seed
+
+        from .distillation import fit_on_features
 
         classes = [c for c in sorted(known) if c in self.feature_stats]
         if not classes:
@@ -414,17 +415,9 @@ class OneByOneDistillation(KnowledgeFusion):
         cols = torch.tensor(sorted(known), dtype=torch.long)
         position = torch.full((int(cols.max()) + 1,), -1, dtype=torch.long)
         position[cols] = torch.arange(len(cols))
-        target = position[y]
         fm.load_trainable_state(state)
-        optimizer = torch.optim.Adam(fm.trainable_parameters(), lr=o.calibration_lr)
-        device = self.context.device
-        for _ in range(o.calibration_epochs):
-            for idx in torch.randperm(len(y), generator=gen).split(o.batch_size):
-                logits = fm.forward_precomputed(z[idx]).index_select(1, cols.to(device))
-                loss = F.cross_entropy(logits, target[idx].to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        fit_on_features(fm, z, position[y], cols, epochs=o.calibration_epochs,
+                        batch_size=o.batch_size, lr=o.calibration_lr, generator=gen)
         return fm.trainable_state(), known
 
     def _trust(self, t_logits: Any, t_classes: list[int]) -> Any:
