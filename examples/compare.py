@@ -53,22 +53,23 @@ import attrs
 import fclkit
 
 #: per benchmark: homogeneous and heterogeneous small models, benchmark options of every
-#: run, and how its public set is resized (a run setting or a benchmark option, and sizes)
+#: run, how its public set is resized (a run setting or a benchmark option, and sizes),
+#: and whether its default FM can train LoRA adapters (``hf``: PILoRA and a LoRA ceiling)
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "digits": {"homo": "mlp", "hetero": "mlp,cnn,lenet", "options": {},
-               "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
+               "public": ("public_fraction", (0.05, 0.3))},
     "mnist": {"homo": "cnn", "hetero": "mlp,cnn,lenet", "options": {},
-              "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
+              "public": ("public_fraction", (0.05, 0.3))},
     "langid": {"homo": "text-cnn", "hetero": "text-bow,text-cnn,text-gru", "options": {},
-               "public": ("public_per_language", (10, 90)), "default_public": 30},
+               "public": ("public_per_language", (10, 90)),
+               "lora": True},
     "langid-real": {"homo": "text-cnn", "hetero": "text-bow,text-cnn,text-gru",
-                    "options": {}, "public": None, "default_public": None},
+                    "options": {}, "public": None, "lora": True},
     # the few-examples regime of a real image set: 200 training images per class
     "split-fmnist": {"homo": "cnn", "hetero": "mlp,cnn,lenet",
                      "options": {"train_per_class": 200},
-                     "public": ("public_fraction", (0.05, 0.3)), "default_public": 0.1},
+                     "public": ("public_fraction", (0.05, 0.3))},
 }
-TEXT_FM = ("langid", "langid-real")  # benchmarks whose FM (hf) can train LoRA adapters
 
 MODELS = ("fm", "fm_global", "small")
 LABELS = {"fm": "personalised FM", "fm_global": "global FM", "small": "small models"}
@@ -129,7 +130,7 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
         _row(FM_FEDAVG, "baseline", "fm-fedavg", "replay", "homogeneous", homo, labels,
              fm_side),
     ]
-    if benchmark in TEXT_FM:  # an FM that trains LoRA adapters
+    if spec.get("lora"):  # an FM that trains LoRA adapters
         runs.append(_row("PILoRA", "literature", "pilora", "naive", "homogeneous", homo,
                          labels, fm_side, fm=fm))
     else:  # image benchmarks: the small models' methods
@@ -143,7 +144,7 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
     runs.append(_row("FM part, joint, MLP head", "ceiling", "fm-fedavg", "naive",
                      "homogeneous", homo, labels, fm_side, fm_options={"head": "mlp"},
                      **joint))
-    if benchmark in TEXT_FM:
+    if spec.get("lora"):
         runs.append(_row("FM part, joint, LoRA", "ceiling", "fm-fedavg", "naive",
                          "homogeneous", homo, labels, fm_side, fm_options={"lora": True},
                          **joint))
