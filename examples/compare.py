@@ -24,7 +24,7 @@ For each benchmark and seed it runs (docs/results.md explains every row):
 
 The server holds ``--public-labels`` labelled examples per class of its public set, for
 every fusion that uses them. ``--core-rows BENCHMARK...`` keeps, for those benchmarks,
-the rows the goal check needs.
+the rows the goal check needs and the FM's capacity ceilings.
 
 It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the final average
 accuracy and forgetting of every model a row trains, a figure per benchmark, and the goal
@@ -80,14 +80,16 @@ CALIBRATED = "one-by-one × replay + feature statistics"
 FM_ONLY, FM_FEDAVG = "FM without private data (fm-only)", "FM-side FedAvg (fm-fedavg)"
 FEDDF, FEDAVG_REPLAY, ISOLATED = "FedDF × replay", "FedAvg × replay", "isolated × replay"
 FM_CEILING = "FM part, joint"
+#: the FM's capacity: larger trainable parts, trained the same way as the ceiling
+FM_CAPACITY = ("FM part, joint, MLP head", "FM part, joint, LoRA")
 GROUPS = {"method": "The method", "baseline": "Baselines",
           "literature": "Methods from the literature (docs/methods.md)", "ceiling": "Ceilings",
           "ablation": "Ablations of the method (one-by-one × replay)",
           "public": "The public set's size (one-by-one × replay and fm-only)"}
-#: rows the goal check needs (``--rows core``)
+#: rows the goal check needs, and the FM capacity ceilings (``--core-rows``)
 LITERATURE = ("GLFC × replay", "TARGET × naive", "PILoRA")
 CORE = {METHOD, CALIBRATED, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
-        FM_CEILING, *LITERATURE}
+        FM_CEILING, *FM_CAPACITY, *LITERATURE}
 
 
 def _row(label: str, group: str, fusion: str, cl: str, models: str, client_models: str,
@@ -141,11 +143,11 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
     joint = {"clients": 1, "tasks": 1, "rounds": tasks * rounds}
     runs.append(_row(FM_CEILING, "ceiling", "fm-fedavg", "naive", "homogeneous", homo,
                      labels, fm_side, **joint))
-    runs.append(_row("FM part, joint, MLP head", "ceiling", "fm-fedavg", "naive",
+    runs.append(_row(FM_CAPACITY[0], "ceiling", "fm-fedavg", "naive",
                      "homogeneous", homo, labels, fm_side, fm_options={"head": "mlp"},
                      **joint))
     if spec.get("lora"):
-        runs.append(_row("FM part, joint, LoRA", "ceiling", "fm-fedavg", "naive",
+        runs.append(_row(FM_CAPACITY[1], "ceiling", "fm-fedavg", "naive",
                          "homogeneous", homo, labels, fm_side, fm_options={"lora": True},
                          **joint))
     for arch in dict.fromkeys(hetero.split(",")):
@@ -542,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="labelled public examples per class the server holds (default 5)")
     parser.add_argument("--core-rows", nargs="*", default=[], metavar="BENCHMARK",
                         help="benchmarks that get only the rows the goal check needs (the "
-                        "method, the strongest baselines, the ceilings)")
+                        "method, the strongest baselines, the ceilings, the FM's capacity)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs in parallel, each in its own process (use --set threads=1)")
     parser.add_argument("--reuse-only", action="store_true",

@@ -47,6 +47,7 @@ from .config import boolean, int_at_least, one_of, setting
 from .errors import FclkitError
 from .feature_cache import DEFAULT_MAX_BYTES, CacheInfo, DiskFeatureCache, FeatureCache
 from .interfaces import FoundationModel
+from .stream import images_as_float
 
 
 @attrs.frozen
@@ -255,6 +256,7 @@ class FrozenBackboneFoundationModel(FoundationModel):
     def _encode_padded(self, x: Any) -> Any:
         import torch
 
+        x = images_as_float(x)  # uint8 images: float32 in [0, 1], one batch at a time
         short = self.MIN_BACKBONE_BATCH - len(x)
         if short <= 0 or len(x) == 0:
             return self.encode(x).float()

@@ -19,6 +19,43 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+def images_as_float(x: Any) -> Any:
+    """Image tensors stored as bytes, as float32 in ``[0, 1]`` (``x / 255``); any other
+    tensor as it is.
+
+    A benchmark may keep its images as ``uint8`` (0-255), a quarter of their float32
+    memory: the runtime converts them a batch at a time where a model reads them (the
+    small models, through a forward pre-hook installed when they are built, and the
+    foundation model's backbone), so every model sees float32 in ``[0, 1]`` and the
+    whole data set never exists as floats. Only ``uint8`` is read this way: token ids
+    (``int64``) and float images pass through unchanged.
+    """
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x
+
+
+def _images_as_float_hook(module: Any, args: tuple) -> tuple | None:
+    """Forward pre-hook of a small model on images: a ``uint8`` first input becomes
+    float32 in ``[0, 1]`` (see :func:`images_as_float`)."""
+    import torch
+
+    if args and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.uint8:
+        return (images_as_float(args[0]), *args[1:])
+    return None
+
+
+def read_images_as_float(model: Any) -> Any:
+    """``model`` (an ``nn.Module`` on images), reading ``uint8`` inputs as float32 in
+    ``[0, 1]`` from now on; returned for chaining. Idempotent."""
+    hooks = getattr(model, "_forward_pre_hooks", {})
+    if not any(h is _images_as_float_hook for h in hooks.values()):
+        model.register_forward_pre_hook(_images_as_float_hook)
+    return model
+
+
 @attrs.frozen
 class InputSpec:
     """What a model's input looks like, so a ClientModel can build for it."""
@@ -33,6 +70,9 @@ class InputSpec:
 @attrs.frozen(eq=False)
 class TaskData:
     """One task of one client: its private training split and the task's test split.
+
+    Images are float32 in ``[0, 1]``, or ``uint8`` (0-255) to save memory: every model
+    reads those as ``x / 255`` (:func:`images_as_float`).
 
     ``classes`` are the classes this client trains on in the task: the task's classes,
     or the share it holds of them under ``partition = "quantity"``; the test split holds

@@ -19,6 +19,7 @@ from ..errors import ConfigError, IncompatibleComponentsError
 from ..interfaces import ClientExecutor, FusionContext, StreamSpec, TrainContext
 from ..plugins import Registry
 from ..progress import Reporter
+from ..stream import read_images_as_float
 from ..tracking import LoggerSet
 from ..validation import UpdateValidator
 from .client import Client
@@ -153,6 +154,8 @@ class Experiment:
         selected = self.components.named("client_model")[architecture]
         model = selected.cls(selected.options).build(self.stream.input_spec,
                                                      self.stream.num_classes)
+        if self.stream.input_spec.modality == "image":  # uint8 images read as x / 255
+            read_images_as_float(model)
         return model.to(self.config.device)
 
     def _fm_reference(self) -> Any:

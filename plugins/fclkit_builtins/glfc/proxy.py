@@ -36,6 +36,7 @@ from torch import nn
 
 from fclkit.errors import ConfigError
 from fclkit.runtime.seeding import derive_seed
+from fclkit.stream import images_as_float
 
 #: payload keys: ``glfc/proto/<i>/<j>`` is parameter ``j``'s gradient for prototype ``i``
 PROTO_PREFIX = "glfc/proto/"
@@ -86,8 +87,9 @@ def tokens_refused(what: str) -> ConfigError:
 
 
 def require_continuous(x: torch.Tensor) -> None:
-    """Gradient inversion reconstructs continuous inputs; token ids are not."""
-    if not torch.is_floating_point(x):
+    """Gradient inversion reconstructs continuous inputs; token ids are not (images
+    stored as ``uint8`` are: see :func:`fclkit.stream.images_as_float`)."""
+    if not torch.is_floating_point(x) and x.dtype != torch.uint8:
         raise tokens_refused(f"these are {x.dtype} (token ids)")
 
 
@@ -153,6 +155,7 @@ def prototype_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """The payload of a client at a task's first round: one perturbed prototype gradient
     per class of ``classes`` that has training examples, and the input shape."""
     require_continuous(x)
+    x = images_as_float(x)  # uint8 images: the prototypes are float32 in [0, 1]
     device = next(model.parameters()).device
     encoder = build_encoder(tuple(x.shape[1:]), num_classes, seed).to(device)
     was_training = model.training

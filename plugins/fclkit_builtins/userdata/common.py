@@ -153,11 +153,13 @@ def check_classes(benchmark: str, labels: Any, names: Sequence[str]) -> None:
 
 def images_to_tensor(images: Iterable[Any], n: int, channels: int, size: int,
                      where: Any = None) -> Any:
-    """``n`` PIL images -> a float32 ``(n, C, size, size)`` tensor in ``[0, 1]``.
+    """``n`` PIL images -> a ``uint8`` ``(n, C, size, size)`` tensor (0-255).
 
     ``C`` is ``channels``; with ``channels = 0``, 1 when every image is grey, else 3.
-    Decoded into one uint8 array first (a quarter of the float memory while reading),
-    in one pass. ``where(i)`` names image ``i`` in the error raised for a broken one.
+    Decoded in one pass and kept as bytes, a quarter of their float32 memory: every
+    model reads them as float32 in ``[0, 1]``, a batch at a time
+    (:func:`fclkit.stream.images_as_float`). ``where(i)`` names image ``i`` in the
+    error raised for a broken one.
     """
     import numpy as np
     import torch
@@ -185,8 +187,7 @@ def images_to_tensor(images: Iterable[Any], n: int, channels: int, size: int,
         raise FclkitError(f"expected {n} images, read {i + 1}")
     if channels == 0 and all_grey:
         out = out[..., :1]
-    return torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).contiguous(
-    ).float().div_(255.0)
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).contiguous()
 
 
 def image_spec(channels: int, size: int) -> InputSpec:

@@ -11,8 +11,8 @@ sorted order of their names; folders whose name starts with ``.`` are skipped);
 the image files in it and below it (:data:`~fclkit_builtins.userdata.common.IMAGE_EXTENSIONS`)
 are its examples. Images are read with Pillow, converted to ``channels`` (1 or
 3; by default from the data), resized to ``image_size`` x ``image_size`` and
-scaled to ``[0, 1]``. The shared split and stream are
-:class:`fclkit.pool.LabelledPoolBenchmark`'s.
+kept as ``uint8`` (models read them as float32 in ``[0, 1]``). The shared split
+and stream are :class:`fclkit.pool.LabelledPoolBenchmark`'s.
 """
 
 from __future__ import annotations
