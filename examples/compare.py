@@ -20,7 +20,8 @@ For each benchmark and seed it runs (docs/results.md explains every row):
   without server labels, an MLP head instead of a linear one (and LoRA adapters for a
   text FM);
 * **the public set's size**: one-by-one x replay and fm-only with smaller and larger
-  public sets.
+  public sets, and one-by-one x replay distilling on the public set plus augmented
+  views or mixes of it (fusion options ``public_views``, ``public_mixes``).
 
 The server holds ``--public-labels`` labelled examples per class of its public set, for
 every fusion that uses them. ``--core-rows BENCHMARK...`` keeps, for those benchmarks,
@@ -85,7 +86,8 @@ FM_CAPACITY = ("FM part, joint, MLP head", "FM part, joint, LoRA")
 GROUPS = {"method": "The method", "baseline": "Baselines",
           "literature": "Methods from the literature (docs/methods.md)", "ceiling": "Ceilings",
           "ablation": "Ablations of the method (one-by-one × replay)",
-          "public": "The public set's size (one-by-one × replay and fm-only)"}
+          "public": "The public set's size, and a larger transfer set made from it "
+                    "(one-by-one × replay and fm-only)"}
 #: rows the goal check needs, and the FM capacity ceilings (``--core-rows``)
 LITERATURE = ("GLFC × replay", "TARGET × naive", "PILoRA")
 CORE = {METHOD, CALIBRATED, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
@@ -177,6 +179,11 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
                 runs.append(_row(f"{label}, public {size}", "public", fusion,
                                  "replay" if fusion == "one-by-one" else "naive",
                                  "homogeneous", homo, max(labels, 1), shows, **extra))
+    for extra, what in (({"public_views": 4}, "4 augmented views"),
+                        ({"public_mixes": 4}, "4 mixes")):  # a larger transfer set
+        runs.append(_row(f"{METHOD}, transfer set + {what} per public example", "public",
+                         "one-by-one", "replay", "homogeneous", homo, labels,
+                         fusion_options=extra))
     if rows == "core":
         runs = [r for r in runs if r["label"] in CORE
                 or (r["group"] == "ceiling" and r["label"].startswith("small model"))]

@@ -121,6 +121,14 @@ class OneByOneDistillation(KnowledgeFusion):
             5, "calibration: epochs over the virtual features", int_at_least(1))
         calibration_lr: float = setting(
             5e-3, "calibration: Adam learning rate", positive_float)
+        public_views: int = setting(
+            0, "our addition (not the paper's): augmented copies of every public example "
+            "added to the transfer set, made once (images: a random rotation and shift; "
+            "texts: a random crop); unlabelled (see transfer.py)", int_at_least(0))
+        public_mixes: int = setting(
+            0, "our addition: mixed examples per public example added to the transfer set, "
+            "made once (images: mixup of two public examples; texts: the start of one "
+            "spliced to the end of another); unlabelled", int_at_least(0))
         # the client side: Small Model Continual Fine-tuning (FMGuidance)
         guidance_weight: float = setting(
             1.0, "clients: weight of the foundation model's distillation term in the small "
@@ -137,11 +145,26 @@ class OneByOneDistillation(KnowledgeFusion):
             "know yet are guided in every mode", one_of("all", "fm-correct", "fm-better"))
 
     def setup(self, context: Any) -> None:
-        super().setup(context)
         if context.public is None or len(context.public.x) == 0:
             raise fclkit.ConfigError(
                 "public_fraction", 0.0, "one-by-one distils on the server's public set, and "
                 "this benchmark has none", hint="set public_fraction > 0 (e.g. 0.1)")
+        o = self.options
+        if o.public_views or o.public_mixes:  # the transfer set: public set + views + mixes
+            from fclkit.runtime.seeding import derive_seed
+
+            from .transfer import expand_public
+
+            modality = context.input_spec.modality if context.input_spec else "image"
+            if modality not in ("image", "text"):
+                raise fclkit.ConfigError(
+                    "fusion_options.public_views", o.public_views, "augmented views and "
+                    f"mixes are made of images or texts, and this benchmark gives {modality}",
+                    hint="set public_views = 0 and public_mixes = 0")
+            context = attrs.evolve(context, public=expand_public(
+                context.public, modality, o.public_views, o.public_mixes,
+                derive_seed(context.seed, "transfer-set")))
+        super().setup(context)
         #: indices (into the public set) of the examples the server has labels for
         self.labelled_index = context.public.labelled_index
         if self.options.teacher_classes == "recalled" and not len(self.labelled_index):
