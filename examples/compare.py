@@ -78,6 +78,8 @@ METHOD_CL = ("naive", "ewc", "lwf", "replay")
 METHOD = "one-by-one × replay"  # the method row the goal check and ablations are about
 #: the method with our addition: per-class feature statistics (fusion option calibration)
 CALIBRATED = "one-by-one × replay + feature statistics"
+#: the same, guiding the small models only on examples of classes the FM knows
+CALIBRATED_KNOWN = "feature statistics, only known classes guided"
 FM_ONLY, FM_FEDAVG = "FM without private data (fm-only)", "FM-side FedAvg (fm-fedavg)"
 FEDDF, FEDAVG_REPLAY, ISOLATED = "FedDF × replay", "FedAvg × replay", "isolated × replay"
 FM_CEILING = "FM part, joint"
@@ -90,8 +92,8 @@ GROUPS = {"method": "The method", "baseline": "Baselines",
                     "(one-by-one × replay and fm-only)"}
 #: rows the goal check needs, and the FM capacity ceilings (``--core-rows``)
 LITERATURE = ("GLFC × replay", "TARGET × naive", "PILoRA")
-CORE = {METHOD, CALIBRATED, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF, FM_ONLY, FM_FEDAVG,
-        FM_CEILING, *FM_CAPACITY, *LITERATURE}
+CORE = {METHOD, CALIBRATED, CALIBRATED_KNOWN, ISOLATED, FEDAVG_REPLAY, "FedAvg × DER", FEDDF,
+        FM_ONLY, FM_FEDAVG, FM_CEILING, *FM_CAPACITY, *LITERATURE}
 
 
 def _row(label: str, group: str, fusion: str, cl: str, models: str, client_models: str,
@@ -168,6 +170,9 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
         _row("feature statistics, guidance off", "ablation", "one-by-one", "replay",
              "homogeneous", homo, labels,
              fusion_options={"calibration": "gaussian", "guidance_weight": 0.0}),
+        _row(CALIBRATED_KNOWN, "ablation", "one-by-one", "replay", "homogeneous", homo,
+             labels, fusion_options={"calibration": "gaussian",
+                                     "guidance_unknown_classes": False}),
     ]
     if spec["public"] is not None:
         where, sizes = spec["public"]

@@ -199,6 +199,33 @@ def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode)
         assert term(x, fm_pred, sure).item() == 0.0
 
 
+@pytest.mark.parametrize("mode", ["all", "fm-correct", "fm-better"])
+def test_guidance_unknown_classes_false_guides_only_classes_the_fm_knows(base, mode):
+    import torch
+
+    from fclkit.messages import RoundInfo
+    from fclkit_builtins.one_by_one.distillation import kd_loss
+
+    exp, _ = _fusion(base, guidance_examples=mode, guidance_unknown_classes=False)
+    client = exp.build_client(0)
+    fm = exp.foundation_model
+    client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
+    x = exp.stream.clients[0].tasks[0].x_train[:8]
+    with torch.no_grad():
+        teacher = fm.forward(x)
+    fm_pred = teacher[:, :2].argmax(1)
+    (term,) = client.method.extra_losses(client.round(RoundInfo(0, 0, 1)))
+    small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
+    assert term(x, torch.full((8,), 5), small).item() == 0.0  # class 5: not guided
+    exact = kd_loss(small, teacher, client.method.options.guidance_temperature,
+                    torch.tensor([0, 1]))
+    assert term(x, fm_pred, small).item() == pytest.approx(exact.item())  # known: guided
+    half = fm_pred.clone()
+    half[:4] = 5  # half unknown: those weigh 0 in the batch mean
+    assert term(x, half, small).item() == pytest.approx(exact.item() / 2, rel=0.5)
+    assert 0 < term(x, half, small).item() < exact.item()
+
+
 def test_min_confidence_combines_with_the_servers_labels(base):
     """Both drop distillation rows: the confidence filter must index the rows that are
     left after the labelled ones are taken out (it once raised a shape error here)."""

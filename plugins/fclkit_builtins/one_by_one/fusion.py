@@ -142,7 +142,12 @@ class OneByOneDistillation(KnowledgeFusion):
             "by the example's own label: 'all' (every training example), 'fm-correct' (where "
             "the FM predicts the label) or 'fm-better' (where the FM gives the label more "
             "probability than the small model does); examples of classes the FM does not "
-            "know yet are guided in every mode", one_of("all", "fm-correct", "fm-better"))
+            "know yet are guided in every mode (see guidance_unknown_classes)",
+            one_of("all", "fm-correct", "fm-better"))
+        guidance_unknown_classes: bool = setting(
+            True, "clients: also guide the examples of classes the FM does not know yet "
+            "(toward its distribution over the classes it knows); false: only examples of "
+            "classes it knows are guided")
 
     def setup(self, context: Any) -> None:
         if context.public is None or len(context.public.x) == 0:

@@ -8,9 +8,10 @@ FM part has been fused on (none before the first fusion, so no guidance then).
 mislead: ``"fm-correct"`` keeps the examples the FM classifies correctly,
 ``"fm-better"`` those where the FM gives the true class more probability than
 the small model does (examples of classes the FM does not know are kept in
-both): each skipped example gets weight 0 in the batch mean, each kept one the
-same weight as in ``"all"``. The FM's backbone features are cached by the FM, so
-the guidance costs a head pass per mini-batch.
+both, unless ``guidance_unknown_classes`` is false): each skipped example gets
+weight 0 in the batch mean, each kept one the same weight as in ``"all"``. The
+FM's backbone features are cached by the FM, so the guidance costs a head pass
+per mini-batch.
 
 With ``calibration = "gaussian"`` (our addition, not the paper's; docs/method.md) each
 client also uploads, for every class of its current task, the count, mean and variance
@@ -40,22 +41,27 @@ class FMGuidance(ClientSide):
         classes = torch.tensor(round.fm_classes, dtype=torch.long)
         weight, tau, mode = (options.guidance_weight, options.guidance_temperature,
                              options.guidance_examples)
+        unknown = getattr(options, "guidance_unknown_classes", True)
 
         def fm_guidance(x: Any, y: Any, logits: Any) -> Any:
             with torch.no_grad():
                 teacher = fm.forward(x).to(logits.device)
             targets = soft_targets(teacher, tau, classes)
-            if mode == "all":
+            if mode == "all" and unknown:
                 return weight * kd_loss_to_targets(logits, targets, tau, classes)
             cols, y = classes.to(logits.device), y.to(logits.device)
             fm_probs = teacher.index_select(1, cols).softmax(dim=1)
-            if mode == "fm-better":  # p(true class): FM against the small model
+            known = torch.isin(y, cols)
+            if mode == "all":
+                helps = torch.ones_like(known)
+            elif mode == "fm-better":  # p(true class): FM against the small model
                 hit = cols.unsqueeze(0) == y.unsqueeze(1)
                 small_probs = logits.detach().index_select(1, cols).softmax(dim=1)
                 helps = (fm_probs * hit).sum(1) > (small_probs * hit).sum(1)
             else:  # "fm-correct"
                 helps = cols[fm_probs.argmax(dim=1)] == y
-            keep = ~torch.isin(y, cols) | helps  # classes the FM does not know: always
+            # examples of classes the FM does not know: always, or never (the option)
+            keep = (~known if unknown else torch.zeros_like(known)) | (known & helps)
             return weight * kd_loss_to_targets(logits, targets, tau, classes,
                                                weights=keep.float())
 
