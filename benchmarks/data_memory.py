@@ -39,27 +39,29 @@ TARGET = 1.5 * GiB
 
 
 def make_folder(folder: Path, images: int, size: int, classes: int = 10) -> None:
-    """``images`` RGB PNGs in ``classes`` folders: a class colour, a class stripe pattern
-    and noise (learnable, not trivial); made once (a marker file records the count)."""
+    """``images`` RGB PNGs in ``classes`` folders: a bright block at a place of its class
+    (one of a 4 x 4 grid) on a background of a colour of its class, and noise; made once
+    (a marker file records the count)."""
     import numpy as np
     from PIL import Image
 
     marker = folder / ".made"
-    if marker.exists() and marker.read_text() == f"{images} {size} {classes}":
+    if marker.exists() and marker.read_text() == f"blocks {images} {size} {classes}":
         return
     rng = np.random.default_rng(0)
     colours = rng.integers(40, 216, (classes, 3))
     t0 = time.perf_counter()
     for c in range(classes):
         (folder / f"class_{c}").mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:size, 0:size]
+    cell = size // 4
     for i in range(images):
         c = i % classes
-        stripes = ((xx * (c % 5 + 1) + yy * (c // 5)) // 4 % 2)[..., None] * 40
-        arr = colours[c][None, None, :] + stripes + rng.normal(0, 30, (size, size, 3))
+        arr = colours[c][None, None, :] + rng.normal(0, 30, (size, size, 3))
+        row, col = divmod(c * 16 // classes, 4)
+        arr[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] += 120
         Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(
             folder / f"class_{c}" / f"{i:06d}.png")
-    marker.write_text(f"{images} {size} {classes}")
+    marker.write_text(f"blocks {images} {size} {classes}")
     print(f"made {images} images in {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
