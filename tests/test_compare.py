@@ -29,7 +29,9 @@ def test_plan_has_the_strong_baselines_ceilings_and_ablations_of_every_benchmark
         names = [compare.run_name(benchmark, r, 0) for r in runs]
         assert len(set(names)) == len(names)  # one results folder per row
         core = {r["label"] for r in compare.plan(benchmark, 5, "core")}
-        assert core >= compare.CORE - set(compare.LITERATURE)
+        lora_only = {compare.FM_CAPACITY[1]}  # an FM that trains LoRA (langid's)
+        assert core >= compare.CORE - set(compare.LITERATURE) - (
+            set() if benchmark == "langid" else lora_only)
         # the literature's methods where they apply: LoRA on a text FM, the others on images
         expected = {"PILoRA"} if benchmark == "langid" else {"GLFC × replay", "TARGET × naive"}
         assert core & set(compare.LITERATURE) == expected
@@ -43,8 +45,28 @@ def test_plan_has_the_strong_baselines_ceilings_and_ablations_of_every_benchmark
     fmnist = compare.plan("split-fmnist", 5)
     assert all(r["set"]["benchmark_options"]["train_per_class"] == 200 for r in fmnist)
     langid = compare.plan("langid", 5)
-    public = [r for r in langid if r["group"] == "public"]
+    public = [r for r in langid if r["group"] == "public" and "benchmark_options" in r["set"]]
     assert {r["set"]["benchmark_options"]["public_per_language"] for r in public} == {10, 90}
+    transfer = [r["set"]["fusion_options"] for r in langid if r["group"] == "public"
+                and "fusion_options" in r["set"]]
+    assert transfer == [{"public_views": 4}, {"public_mixes": 4}]
+    # the LoRA capacity ceiling is one seed of 5 epochs; text-gru's joint ceiling one seed
+    lora = next(r for r in compare.plan("langid", 5, "core")
+                if r["label"] == compare.FM_CAPACITY[1])
+    assert lora["max_seeds"] == 1 and lora["set"]["fm_options"] == {"lora": True}
+    assert (lora["set"]["rounds"], lora["set"]["epochs"]) == (5, 1)
+    assert {r["label"]: r["max_seeds"] for r in langid if r["label"].startswith("small model")
+            } == {"small model text-bow, joint": 0, "small model text-cnn, joint": 0,
+                  "small model text-gru, joint": 1}
+
+
+def test_a_row_with_max_seeds_runs_only_its_first_seeds(tmp_path, capsys):
+    compare.run_all(["langid"], [0, 1, 2], tmp_path, {}, 5, core=["langid"], reuse_only=True)
+    missing = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("not run yet")]
+    lora = [m for m in missing if "joint-lora" in m]
+    assert lora == ["langid-L5-fm-part-joint-lora-5-epochs-homoge-s0"]
+    assert sum("fedavg-x-replay" in m for m in missing) == 3  # an ordinary row: every seed
 
 
 def _group(acc, forg=0.1, fm=True, small=None, group="baseline"):

@@ -124,7 +124,7 @@ class OneByOneDistillation(KnowledgeFusion):
         public_views: int = setting(
             0, "our addition (not the paper's): augmented copies of every public example "
             "added to the transfer set, made once (images: a random rotation and shift; "
-            "texts: a random crop); unlabelled (see transfer.py)", int_at_least(0))
+            "texts: a random crop); unlabelled (docs/method.md)", int_at_least(0))
         public_mixes: int = setting(
             0, "our addition: mixed examples per public example added to the transfer set, "
             "made once (images: mixup of two public examples; texts: the start of one "
