@@ -282,6 +282,18 @@ def test_hf_dataset_of_texts_and_local_csv(tmp_path):
     testing.check_benchmark(cls, {"path": str(csv_path)})
 
 
+def test_hf_dataset_with_multi_label_rows_says_one_class_per_example(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from fclkit.errors import FclkitError
+
+    rows = [{"text": r["text"], "tags": [r["label"], "extra"]} for r in sentences(10)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "multi"))
+    cls = REGISTRY.get("benchmark", "hf-dataset").cls
+    with pytest.raises(FclkitError, match="one class per example") as info:
+        cls(cls.Options(path=str(tmp_path / "multi"), label_column="tags")).load_pool()
+    assert "a label is a list" in str(info.value) and "label_column" in info.value.hint
+
+
 def test_hf_hub_id_offline_fails_at_once_in_one_line(tmp_path):
     pytest.importorskip("datasets")
     from fclkit import network

@@ -124,6 +124,13 @@ def label_ids(values: Sequence[Any], *, names: Sequence[str] | None = None
     """
     import numpy as np
 
+    unhashable = next((v for v in values if isinstance(v, (list, tuple, dict, set))), None)
+    if unhashable is not None:  # multi-label or structured labels: one class per example
+        raise FclkitError(
+            f"a label is a {type(unhashable).__name__} ({str(unhashable)[:60]}): fclkit "
+            "needs one class per example (a number or a string)",
+            hint="point label_column at a column with one class per example, or map this "
+            "one to a single class first (e.g. datasets' Dataset.map)")
     distinct = set(values)
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in distinct):
         order = sorted(distinct)
