@@ -31,7 +31,8 @@ It writes ``docs/results.md`` (or ``--doc``): mean ± std over seeds of the fina
 accuracy and forgetting of every model a row trains, a figure per benchmark, and the goal
 check computed from the table against the best baseline of each kind. Every run's results
 folder stays under ``--output`` (``fclkit report`` draws any of them); a finished run found
-there is reused when its configuration is the one asked for.
+there is reused when its configuration is the one asked for, and an interrupted one
+continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -290,10 +291,29 @@ def check_reusable(run_dir: Path, config: fclkit.ExperimentConfig) -> None:
 
 
 def _run_one(kwargs: dict) -> tuple[dict, float]:
-    """One run (in a worker process when ``--jobs`` > 1): its metrics and wall time."""
+    """One run (in a worker process when ``--jobs`` > 1): its metrics and wall time. With
+    ``resume`` among ``kwargs``, that unfinished run continues from its checkpoint."""
     started = time.perf_counter()
-    metrics = fclkit.run(fclkit.ExperimentConfig(**kwargs)).metrics
+    kwargs = dict(kwargs)
+    resume = kwargs.pop("resume", None)
+    if resume is not None:
+        metrics = fclkit.run(None, resume=resume).metrics
+    else:
+        metrics = fclkit.run(fclkit.ExperimentConfig(**kwargs)).metrics
     return metrics, time.perf_counter() - started
+
+
+def finished(run_dir: Path) -> bool:
+    """A run that ran to its end (an interrupted one also leaves its partial metrics)."""
+    from fclkit.results import run_status
+
+    return (run_dir / "metrics.json").exists() and run_status(run_dir) == "finished"
+
+
+def resumable(run_dir: Path) -> bool:
+    """An unfinished run that wrote a checkpoint (``fclkit run --resume`` continues it)."""
+    return (run_dir / "checkpoint" / "latest.json").exists() and (
+        run_dir / "config.toml").exists() and not finished(run_dir)
 
 
 def _config_kwargs(benchmark: str, spec: dict, seed: int, output: Path,
@@ -334,14 +354,18 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
             for seed in seeds[:spec.get("max_seeds") or None]:
                 kwargs = _config_kwargs(benchmark, spec, seed, output, overrides)
                 run_dir = output / kwargs["name"]
-                if (run_dir / "metrics.json").exists():  # resume an interrupted comparison
+                if finished(run_dir):  # a comparison run before: reuse what it finished
                     check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
                     metrics = json.loads((run_dir / "metrics.json").read_text())
                     results.append(_row_result(benchmark, spec, seed, metrics))
                 elif reuse_only:
                     print(f"not run yet, left out: {kwargs['name']}", flush=True)
+                elif resumable(run_dir):  # interrupted: continue from its checkpoint
+                    check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
+                    print(f"resuming the unfinished run {run_dir}", flush=True)
+                    todo.append((benchmark, spec, seed, {**kwargs, "resume": str(run_dir)}))
                 else:
-                    if run_dir.exists():  # an interrupted run: fclkit would write beside it
+                    if run_dir.exists():  # no checkpoint: fclkit would write beside it
                         print(f"removing the unfinished run {run_dir}", flush=True)
                         shutil.rmtree(run_dir)
                     todo.append((benchmark, spec, seed, kwargs))

@@ -142,3 +142,25 @@ def test_a_finished_run_made_with_another_configuration_is_not_reused(tmp_path, 
     (run_dir / "config.toml").write_text(tomli_w.dumps(saved))
     with pytest.raises(SystemExit, match="public_labels: '\\(absent\\)' there"):
         compare.check_reusable(run_dir, config)
+
+
+def test_an_interrupted_run_is_resumed_from_its_checkpoint_not_rerun(tmp_path):
+    from fclkit.progress import Reporter
+
+    class StopAfterFirstRound(Reporter):  # stops when the second round starts
+        def round_started(self, task, round):
+            if task == 1:
+                raise KeyboardInterrupt
+
+    kwargs = dict(benchmark="digits", fusion="fedavg", cl="replay", clients=2, tasks=2,
+                  rounds=1, epochs=1, threads=1, loggers=("none",), output=str(tmp_path),
+                  name="interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        fclkit.run(fclkit.ExperimentConfig(**kwargs), reporter=StopAfterFirstRound())
+    run_dir = tmp_path / "interrupted"
+    assert (run_dir / "metrics.json").exists()  # partial results, kept
+    assert compare.resumable(run_dir) and not compare.finished(run_dir)
+    metrics, _ = compare._run_one({**kwargs, "resume": str(run_dir)})
+    assert compare.finished(run_dir) and not compare.resumable(run_dir)
+    clean = fclkit.run(fclkit.ExperimentConfig(**{**kwargs, "name": "clean"})).metrics
+    assert metrics["per_client"] == clean["per_client"]
