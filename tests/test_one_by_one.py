@@ -163,6 +163,29 @@ def test_labelled_among_gives_the_rows_and_head_columns_of_the_chosen_classes():
     assert target.tolist() == [1, 0, 1]  # position of the label in [5, 3]
 
 
+def _guidance(base, **options):
+    """Client 0's guidance term with an FM part that knows classes 0 and 1, on 8 of its
+    examples: (term, x, the FM's predictions among 0 and 1, a uniform small model's
+    logits, the KD loss the term gives where every example is guided)."""
+    import torch
+
+    from fclkit.messages import RoundInfo
+    from fclkit_builtins.one_by_one.distillation import kd_loss
+
+    exp, _ = _fusion(base, **options)
+    client = exp.build_client(0)
+    fm = exp.foundation_model
+    client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
+    x = exp.stream.clients[0].tasks[0].x_train[:8]
+    with torch.no_grad():
+        teacher = fm.forward(x)
+    (term,) = client.method.extra_losses(client.round(RoundInfo(0, 0, 1)))
+    small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
+    every = kd_loss(small, teacher, client.method.options.guidance_temperature,
+                    torch.tensor([0, 1]))
+    return term, x, teacher[:, :2].argmax(1), small, every.item()
+
+
 @pytest.mark.parametrize("mode", ["fm-correct", "fm-better"])
 def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode):
     """'fm-correct' drops examples of known classes the FM gets wrong; 'fm-better' also
@@ -170,31 +193,17 @@ def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode)
     of classes the FM does not know are guided in every mode."""
     import torch
 
-    from fclkit.messages import RoundInfo
-    from fclkit_builtins.one_by_one.distillation import kd_loss
-
-    exp, _ = _fusion(base, guidance_examples=mode)
-    client = exp.build_client(0)
-    fm = exp.foundation_model
-    client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
-    x = exp.stream.clients[0].tasks[0].x_train[:8]
-    with torch.no_grad():
-        teacher = fm.forward(x)
-    fm_pred = teacher[:, :2].argmax(1)
-    (term,) = client.method.extra_losses(client.round(RoundInfo(0, 0, 1)))
-    small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
+    term, x, fm_pred, small, exact = _guidance(base, guidance_examples=mode)
     # labels contradicting the FM everywhere: nothing is guided
     wrong = 1 - fm_pred
     assert term(x, wrong, small).item() == 0.0
     # labels the FM gets right: guided like 'all' (small model is uniform, so FM is better)
-    exact = kd_loss(small, teacher, client.method.options.guidance_temperature,
-                    torch.tensor([0, 1]))
-    assert term(x, fm_pred, small).item() == pytest.approx(exact.item())
+    assert term(x, fm_pred, small).item() == pytest.approx(exact)
     # a class the FM does not know yet (5): guided, as in 'all'
     unknown = torch.full((8,), 5)
-    assert term(x, unknown, small).item() == pytest.approx(exact.item())
+    assert term(x, unknown, small).item() == pytest.approx(exact)
     if mode == "fm-better":  # the small model already sure of the (FM-correct) label
-        sure = torch.zeros(8, exp.stream.num_classes)
+        sure = torch.zeros(8, small.shape[1])
         sure[torch.arange(8), fm_pred] = 20.0
         assert term(x, fm_pred, sure).item() == 0.0
 
@@ -203,27 +212,13 @@ def test_guidance_examples_skip_where_the_label_says_the_fm_is_worse(base, mode)
 def test_guidance_unknown_classes_false_guides_only_classes_the_fm_knows(base, mode):
     import torch
 
-    from fclkit.messages import RoundInfo
-    from fclkit_builtins.one_by_one.distillation import kd_loss
-
-    exp, _ = _fusion(base, guidance_examples=mode, guidance_unknown_classes=False)
-    client = exp.build_client(0)
-    fm = exp.foundation_model
-    client.fm_state, client.fm_classes = fm.trainable_state(), [0, 1]
-    x = exp.stream.clients[0].tasks[0].x_train[:8]
-    with torch.no_grad():
-        teacher = fm.forward(x)
-    fm_pred = teacher[:, :2].argmax(1)
-    (term,) = client.method.extra_losses(client.round(RoundInfo(0, 0, 1)))
-    small = torch.zeros(8, exp.stream.num_classes, requires_grad=True)
+    term, x, fm_pred, small, exact = _guidance(base, guidance_examples=mode,
+                                               guidance_unknown_classes=False)
     assert term(x, torch.full((8,), 5), small).item() == 0.0  # class 5: not guided
-    exact = kd_loss(small, teacher, client.method.options.guidance_temperature,
-                    torch.tensor([0, 1]))
-    assert term(x, fm_pred, small).item() == pytest.approx(exact.item())  # known: guided
+    assert term(x, fm_pred, small).item() == pytest.approx(exact)  # known: guided
     half = fm_pred.clone()
     half[:4] = 5  # half unknown: those weigh 0 in the batch mean
-    assert term(x, half, small).item() == pytest.approx(exact.item() / 2, rel=0.5)
-    assert 0 < term(x, half, small).item() < exact.item()
+    assert 0 < term(x, half, small).item() < exact
 
 
 def test_min_confidence_combines_with_the_servers_labels(base):
