@@ -157,10 +157,12 @@ def plan(benchmark: str, labels: int, rows: str = "all", fm: str | None = None,
                      "homogeneous", homo, labels, fm_side, fm_options={"head": "mlp"},
                      **joint))
     if spec.get("lora"):  # LoRA trains the backbone's attention: 5 epochs (one seed) cost
-        # about as much CPU time here as the linear head's 75 epochs over all three seeds
+        # about as much CPU time here as the linear head's 75 epochs over all three seeds;
+        # Adam at 1e-3 (at fm-fedavg's default 5e-3 LoRA ends below the linear head)
         runs.append(_row(FM_CAPACITY[1], "ceiling", "fm-fedavg", "naive",
                          "homogeneous", homo, labels, fm_side, max_seeds=1,
-                         fm_options={"lora": True}, clients=1, tasks=1, rounds=5, epochs=1))
+                         fm_options={"lora": True}, fusion_options={"lr": 1e-3},
+                         clients=1, tasks=1, rounds=5, epochs=1))
     for arch in dict.fromkeys(hetero.split(",")):  # a recurrent net is slow here: one seed
         runs.append(_row(f"small model {arch}, joint", "ceiling", "fedavg", "naive",
                          "homogeneous", arch, labels, small,

@@ -54,6 +54,7 @@ def test_plan_has_the_strong_baselines_ceilings_and_ablations_of_every_benchmark
     lora = next(r for r in compare.plan("langid", 5, "core")
                 if r["label"] == compare.FM_CAPACITY[1])
     assert lora["max_seeds"] == 1 and lora["set"]["fm_options"] == {"lora": True}
+    assert lora["set"]["fusion_options"] == {"lr": 1e-3}
     assert (lora["set"]["rounds"], lora["set"]["epochs"]) == (5, 1)
     assert {r["label"]: r["max_seeds"] for r in langid if r["label"].startswith("small model")
             } == {"small model text-bow, joint": 0, "small model text-cnn, joint": 0,
