@@ -75,33 +75,23 @@ def child(engine: str, clients: int, cpus_per_client: float, superlink: str = ""
         import fclkit_builtins.flower.executor as executor
         import fclkit_builtins.flower.simulation as simulation
 
-        start_ray, discover = simulation.start_ray, executor.FlowerExecutor._discover
-        evaluate = executor.FlowerExecutor.evaluate
+        def timed(fn, key, first=False):  # a call's seconds go to stamps[key]
+            def wrapper(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if first:  # the first call's only
+                        stamps.setdefault(key, time.perf_counter() - t0)
+                    else:
+                        stamps[key] = time.perf_counter() - t0
+            return wrapper
 
-        def timed_start_ray(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return start_ray(*args, **kwargs)
-            finally:
-                stamps["ray_start"] = time.perf_counter() - t0
-
-        def timed_discover(self, *args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return discover(self, *args, **kwargs)
-            finally:
-                stamps["actors_start"] = time.perf_counter() - t0
-
-        def timed_evaluate(self, *args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return evaluate(self, *args, **kwargs)
-            finally:
-                stamps.setdefault("first_evaluation", time.perf_counter() - t0)
-
-        simulation.start_ray = timed_start_ray
-        executor.FlowerExecutor._discover = timed_discover
-        executor.FlowerExecutor.evaluate = timed_evaluate
+        simulation.start_ray = timed(simulation.start_ray, "ray_start")
+        executor.FlowerExecutor._discover = timed(executor.FlowerExecutor._discover,
+                                                  "actors_start")
+        executor.FlowerExecutor.evaluate = timed(executor.FlowerExecutor.evaluate,
+                                                 "first_evaluation", first=True)
     config = fclkit.ExperimentConfig(
         cl="naive", fusion="fedavg", clients=clients, tasks=2, rounds=2, epochs=1,
         model_options={"hidden": 32}, threads=1, seed=0,
@@ -256,32 +246,11 @@ def measure(engine: str, clients: int, cpus_per_client: float, superlink: str = 
     return data
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the SuperLink exited with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
-
-
 def deployment(worker: bool, folder: Path) -> dict:
     """A SuperLink and two SuperNodes on 127.0.0.1, one 2-client run through them."""
     import signal
+
+    from fclkit_builtins.flower.loopback import free_port, wait_for_port
 
     for exe in ("flower-superlink", "flower-supernode"):
         if not (BIN / exe).exists():
@@ -304,16 +273,19 @@ def deployment(worker: bool, folder: Path) -> dict:
         procs.append(proc)
         return proc
 
-    port = _free_port()
+    port = free_port()
     try:
         link = start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1",
                                    "--port", str(port),
                                    "--disable-runtime-dependency-installation"])
-        _wait_for_port(port, link, 120.0)
+        try:
+            wait_for_port(port, link, 120.0)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"the SuperLink did not start: {exc}") from None
         for k in range(2):
             extra = "" if worker else " fclkit-node-worker=false"
             start(f"node{k}", ["flower-supernode", "--insecure", "--superlink",
-                               f"127.0.0.1:{port}", "--port", str(_free_port()),
+                               f"127.0.0.1:{port}", "--port", str(free_port()),
                                "--node-config",
                                f"partition-id={k} num-partitions=2{extra}"])
         result = measure("flower", 2, 1.0, superlink=f"127.0.0.1:{port}")

@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -35,6 +34,7 @@ import fclkit
 import fclkit_builtins.flower
 from fclkit.interfaces import ContinualStrategy, Engine, TrainReport
 from fclkit_builtins.flower.engine import FlowerEngine
+from fclkit_builtins.flower.loopback import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -639,31 +639,12 @@ def test_a_simulation_killed_with_sigkill_resumes_to_the_same_accuracies(simulat
 # ------------------------------------------------------------------ deployment
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
-
-
 @pytest.fixture
 def flower_federation(tmp_path):
     """A SuperLink and two SuperNodes (client 0 and client 1) as separate processes."""
     if not _flower_installed() or not (BIN / "flower-superlink").exists():
         pytest.skip('Flower (flwr) is not installed: pip install "fclkit[flower]"')
-    link_port = _free_port()
+    link_port = free_port()
     env = _env(FCLKIT_LOAD_PLUGINS="", FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
@@ -684,11 +665,11 @@ def flower_federation(tmp_path):
         link = start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1",
                                    "--port", str(link_port),
                                    "--disable-runtime-dependency-installation"])
-        _wait_for_port(link_port, link, timeout=60)
+        wait_for_port(link_port, link, timeout=60)
         for k in range(2):
             start(f"node{k}", [
                 "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--port", str(_free_port()), "--max-wait-time", "60",
+                "--port", str(free_port()), "--max-wait-time", "60",
                 "--node-config",
                 f"partition-id={k} num-partitions=2 fclkit-state-dir=\"{tmp_path / f'state{k}'}\""])
         yield {"superlink": f"127.0.0.1:{link_port}", "dir": tmp_path, "logs": logs}
