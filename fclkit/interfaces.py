@@ -156,6 +156,11 @@ class FoundationModel(Component):
     One instance is loaded per process and shared: the runtime swaps the
     trainable part of each client in and out with :meth:`trainable_state` and
     :meth:`load_trainable_state`.
+
+    Image inputs may arrive as ``uint8`` (0-255; benchmarks keep large image sets as
+    bytes): read them with :func:`fclkit.stream.images_as_float`, a batch at a time.
+    :class:`fclkit.foundation.FrozenBackboneFoundationModel` does; small models need
+    nothing, the runtime converts their inputs (a forward pre-hook).
     """
 
     def __init__(self, options: Any = None) -> None:
