@@ -39,13 +39,12 @@ from test_flower_engine import (
     ServerKilled,
     _env,
     _flower_installed,
-    _free_port,
     _run,
-    _wait_for_port,
     needs_flower,
 )
 
 import fclkit
+from fclkit_builtins.flower.loopback import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,7 +264,7 @@ def _start_node(procs: Processes, k: int, link: str, **env: str) -> None:
     home = procs.folder / f"home-node{k}-{time.monotonic_ns()}"
     home.mkdir()
     procs.start(f"node{k}", [str(BIN / "flower-supernode"), "--insecure", "--superlink", link,
-                             "--port", str(_free_port()), "--max-wait-time", "60",
+                             "--port", str(free_port()), "--max-wait-time", "60",
                              "--node-config", f"partition-id={k} num-partitions=2"],
                 _flower_env(FLWR_HOME=str(home), **env))
 
@@ -294,7 +293,7 @@ def test_a_supernode_lost_mid_round_fails_its_client_and_rejoins_with_its_state(
 
     procs = Processes(tmp_path)
     marker = tmp_path / "hanging.pid"
-    port = _free_port()
+    port = free_port()
     link = f"127.0.0.1:{port}"
     outcome: dict[str, Any] = {}
     try:
@@ -304,7 +303,7 @@ def test_a_supernode_lost_mid_round_fails_its_client_and_rejoins_with_its_state(
             str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
             str(port), "--disable-runtime-dependency-installation"],
             _flower_env(FLWR_HOME=str(home)))
-        _wait_for_port(port, superlink, timeout=60)
+        wait_for_port(port, superlink, timeout=60)
         _start_node(procs, 0, link)
         _start_node(procs, 1, link, FCLKIT_TEST_HANG=str(marker))  # (no state folder)
         config = fclkit.ExperimentConfig(
@@ -387,7 +386,7 @@ def test_the_documented_one_machine_federation_works(tmp_path):
     commands = documented_one_machine_commands()
     assert [c.split()[0] for c in commands] == [
         "flower-superlink", "flower-supernode", "flower-supernode", "fclkit"]
-    ports = {str(doc): str(_free_port()) for doc in DOC_PORTS}
+    ports = {str(doc): str(free_port()) for doc in DOC_PORTS}
     assert all(doc in " ".join(commands) for doc in ports)
     commands = [re.sub(r"\b(969[0-2])\b", lambda m: ports[m.group(1)], c) for c in commands]
     procs = Processes(tmp_path)
@@ -400,7 +399,7 @@ def test_the_documented_one_machine_federation_works(tmp_path):
             proc = procs.start(f"{i}-{argv[0]}", [str(BIN / argv[0]), *argv[1:]],
                                _flower_env(FLWR_HOME=str(home)), cwd=tmp_path)
             if i == 0:
-                _wait_for_port(link_port, proc, timeout=60)
+                wait_for_port(link_port, proc, timeout=60)
         time.sleep(2)
         for name, proc in procs.procs.items():  # e.g. two nodes on one Runtime API port
             assert proc.poll() is None, f"{name} exited:\n{procs.logs()}"
