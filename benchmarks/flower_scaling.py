@@ -21,6 +21,12 @@ subprocess. Printed per run:
   what the machine really holds), and the peak RSS **per process**, by role (the run's
   own process, each Ray actor, Ray's own processes).
 
+``--workload fmnist`` runs a workload whose rounds do real work instead: all of
+``split-fmnist`` (60,000 training images over the clients), 2 tasks x 2 rounds,
+1 epoch, the benchmark's default small model (LeNet-5), ``naive``, ``fedavg``.
+The tiny default workload measures the engine's overhead per message; this one
+what a user's run sees.
+
 The last line gives flower/local for the training rounds (target: at most 1.5x).
 Both engines must produce identical accuracy matrices. For scale, the same number of
 virtual nodes also runs Flower's simulation with a ClientApp that answers at once
@@ -58,7 +64,17 @@ DEPLOYMENT_TARGET = 2.0
 BIN = Path(sys.executable).parent
 
 
-def child(engine: str, clients: int, cpus_per_client: float, superlink: str = "") -> None:
+#: name -> (what it is, ExperimentConfig settings besides engine and clients)
+WORKLOADS = {
+    "tiny": ("digits, 2 tasks x 2 rounds, 1 epoch, MLP(hidden=32), naive, fedavg",
+             dict(benchmark="digits", model_options={"hidden": 32})),
+    "fmnist": ("split-fmnist (all 60,000 training images), 2 tasks x 2 rounds, 1 epoch, "
+               "LeNet-5, naive, fedavg", dict(benchmark="split-fmnist")),
+}
+
+
+def child(engine: str, clients: int, cpus_per_client: float, superlink: str = "",
+          workload: str = "tiny") -> None:
     """Run one experiment in this process and print its numbers as JSON."""
     import fclkit
     import fclkit_builtins.flower
@@ -94,7 +110,7 @@ def child(engine: str, clients: int, cpus_per_client: float, superlink: str = ""
                                                  "first_evaluation", first=True)
     config = fclkit.ExperimentConfig(
         cl="naive", fusion="fedavg", clients=clients, tasks=2, rounds=2, epochs=1,
-        model_options={"hidden": 32}, threads=1, seed=0,
+        threads=1, seed=0, fm="none", **WORKLOADS[workload][1],
         engine="local" if engine == "local" else "flower", engine_options=options)
     started = time.perf_counter()
     result = fclkit.run(config, plugins=[fclkit_builtins.flower], write_results=False)
@@ -209,7 +225,8 @@ def sample(pid: int) -> tuple[int, int, dict[int, tuple[str, int]]]:
     return rss, pss, per
 
 
-def measure(engine: str, clients: int, cpus_per_client: float, superlink: str = "") -> dict:
+def measure(engine: str, clients: int, cpus_per_client: float, superlink: str = "",
+            workload: str = "tiny") -> dict:
     env = {**os.environ, "FCLKIT_LOAD_PLUGINS": os.environ.get("FCLKIT_LOAD_PLUGINS", ""),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"),
                                           os.environ.get("PYTHONPATH", "")])}
@@ -218,7 +235,7 @@ def measure(engine: str, clients: int, cpus_per_client: float, superlink: str = 
     errors = tempfile.TemporaryFile()
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", engine, str(clients),
-                             str(cpus_per_client), superlink], stdout=subprocess.PIPE,
+                             str(cpus_per_client), superlink, workload], stdout=subprocess.PIPE,
                             stderr=errors, text=True, env=env)
     peak_rss = peak_pss = 0
     per_peak: dict[int, tuple[str, int]] = {}
@@ -365,21 +382,25 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--deployment", action="store_true",
                         help="measure the deployment mode (a SuperLink, two SuperNodes)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="tiny",
+                        help="tiny: the engine's overhead per message; fmnist: rounds that "
+                        "do real work")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--floor-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_child:
         floor_child(args.floor_child)
         return
     if args.child:
-        child(args.child[0], int(args.child[1]), float(args.child[2]), args.child[3])
+        child(args.child[0], int(args.child[1]), float(args.child[2]), args.child[3],
+              args.child[4])
         return
     if args.deployment:
         main_deployment(args.json)
         return
 
-    print(f"flower scaling: {os.cpu_count()} CPUs, digits, 2 tasks x 2 rounds, 1 epoch, "
-          f"MLP(hidden=32), naive, fedavg, {args.cpus_per_client:g} CPU per simulated client")
+    print(f"flower scaling: {os.cpu_count()} CPUs, {WORKLOADS[args.workload][0]}, "
+          f"{args.cpus_per_client:g} CPU per simulated client")
     header = (f"{'clients':>7} {'engine':>7} {'run s':>7} {'train s':>8} {'eval s':>7} "
               f"{'other s':>8} {'peak RSS MiB':>13} {'peak PSS MiB':>13}")
     print(header)
@@ -387,7 +408,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     ratios: dict[int, float] = {}
     for k in args.clients:
-        res = {e: measure(e, k, args.cpus_per_client) for e in ("local", "flower")}
+        res = {e: measure(e, k, args.cpus_per_client, workload=args.workload)
+               for e in ("local", "flower")}
         for engine, r in res.items():
             t = r["timings"]
             train, evaluation = t.get("client_train", 0.0), t.get("evaluation", 0.0)

@@ -22,12 +22,19 @@ one untimed run of each command comes first):
   modules a strategy needs, see ``fclkit_builtins.avalanche.lazy_import``) and as
   Avalanche's own package ``__init__`` files would (``FCLKIT_AVALANCHE_EAGER=1``).
 
+The first step is timed with a cold feature cache (a fresh ``--cache-dir``: the
+FM computes its features of the test sets) and with a warm one (a folder filled
+by one short run first: they are read from disk, as in every run after the first
+on the same data).
+
 ``--compare-eager`` also times the first step with ``FCLKIT_AVALANCHE_EAGER=1``
-(Avalanche imported whole, as before), alternating with the default, so that both
-figures come from the same machine state.
+(Avalanche imported whole, as before), and ``--compare-sequential`` with
+``FCLKIT_BACKGROUND_IMPORTS=0`` (the strategies' modules imported after the FM's
+first pass instead of during it, see ``fclkit.runtime.preload``), alternating
+with the default, so that the figures come from the same machine state.
 
     python benchmarks/startup.py [--repeats 5] [--first-step-repeats 3] [--compare-eager]
-                                 [--json out.json]
+                                 [--compare-sequential] [--json out.json]
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def wall(cmd: list[str], repeats: int) -> list[float]:
 # ------------------------------------------------------------ the child process
 
 
-def child(output: str, threads: int) -> None:
+def child(output: str, threads: int, cache_dir: str) -> None:
     """Run ``fclkit run --output OUTPUT --threads N`` here; print the timeline at the first
     training step."""
     events: list[tuple[str, float]] = [("script started (interpreter up)", time.time())]
@@ -117,21 +124,28 @@ def child(output: str, threads: int) -> None:
     around(fclkit_builtins.digits.benchmark.DigitsBenchmark, "build", "benchmark build (digits)")
     around(efficientnet.EfficientNetLiteFM, "setup", "FM setup (EfficientNet-Lite0)")
     around(local.LocalExecutor, "__init__", "build clients (strategies, Avalanche)")
+    around(experiment.Experiment, "warm_up_features", "FM features of the test sets")
     around(local.LocalExecutor, "evaluate", "evaluation")
     strategies.AvalancheStrategy.train_round = first_step
-    sys.argv = ["fclkit", "run", "--output", output, "--threads", str(threads)]
+    sys.argv = ["fclkit", "run", "--output", output, "--threads", str(threads),
+                "--cache-dir", cache_dir]
     fclkit.cli.main()
     raise SystemExit("the run ended without calling train_round")
 
 
-def first_step_timeline(threads: int, eager: bool = False) -> dict:
+SWITCHES = ("FCLKIT_AVALANCHE_EAGER", "FCLKIT_BACKGROUND_IMPORTS")
+
+
+def first_step_timeline(threads: int, env_set: dict[str, str] | None = None,
+                        cache_dir: str | None = None) -> dict:
+    """One child's timeline; ``cache_dir`` None: a fresh (cold) feature cache."""
     tmp = tempfile.mkdtemp(prefix="fclkit-startup-")
-    env = {k: v for k, v in os.environ.items() if k != "FCLKIT_AVALANCHE_EAGER"}
-    if eager:
-        env["FCLKIT_AVALANCHE_EAGER"] = "1"
+    env = {k: v for k, v in os.environ.items() if k not in SWITCHES}
+    env.update(env_set or {})
+    cache = cache_dir or os.path.join(tmp, "cache")
     try:
         launched = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--child", tmp, str(threads)],
+        proc = subprocess.run([sys.executable, __file__, "--child", tmp, str(threads), cache],
                               capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if not lines:
@@ -183,10 +197,13 @@ def main() -> None:
     parser.add_argument("--compare-eager", action="store_true",
                         help="also time the first step with Avalanche imported whole "
                         "(FCLKIT_AVALANCHE_EAGER=1), alternating with the default")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--compare-sequential", action="store_true",
+                        help="also time the first step with FCLKIT_BACKGROUND_IMPORTS=0 "
+                        "(no imports during the FM's first pass), alternating with the default")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        child(args.child[0], int(args.child[1]), args.child[2])
         return
     if args.quick:
         args.repeats, args.first_step_repeats = 3, 1
@@ -213,11 +230,21 @@ def main() -> None:
           f"({'OK' if res[0] == 'False' else 'NOT OK'}); of {', '.join(HEAVY)} loaded: "
           f"{res[1] or 'none'}")
 
-    runs, eager_runs = [], []
+    warm_dir = tempfile.mkdtemp(prefix="fclkit-startup-cache-")
+    subprocess.run([*fclkit_command(), "run", "--threads", str(args.threads), "--tasks", "1",
+                    "--rounds", "1", "--loggers", "none", "--cache-dir", warm_dir,
+                    "--output", os.path.join(warm_dir, "runs")], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs, eager_runs, sequential_runs, warm_runs = [], [], [], []
     for _ in range(args.first_step_repeats):
         runs.append(first_step_timeline(args.threads))
+        warm_runs.append(first_step_timeline(args.threads, cache_dir=warm_dir))
         if args.compare_eager:
-            eager_runs.append(first_step_timeline(args.threads, eager=True))
+            eager_runs.append(first_step_timeline(args.threads, {"FCLKIT_AVALANCHE_EAGER": "1"}))
+        if args.compare_sequential:
+            sequential_runs.append(first_step_timeline(args.threads,
+                                                       {"FCLKIT_BACKGROUND_IMPORTS": "0"}))
+    shutil.rmtree(warm_dir, ignore_errors=True)
     spans = [
         ("interpreter start-up (site, .pth files)", None, "script started (interpreter up)"),
         ("import fclkit", "script started (interpreter up)", "import fclkit"),
@@ -241,6 +268,8 @@ def main() -> None:
         ("build clients (Avalanche import, strategies)",
          "build clients (strategies, Avalanche): start",
          "build clients (strategies, Avalanche): end"),
+        ("  of which: FM features of the test sets (imports alongside)",
+         "FM features of the test sets: start", "FM features of the test sets: end"),
         ("initial evaluation (FM features of the test sets)", "evaluation: start",
          "evaluation: end"),
         ("until the first train_round call", "evaluation: end", "first train_round call"),
@@ -280,17 +309,26 @@ def main() -> None:
     print(f"summary: interpreter + import fclkit + CLI {imports:.2f} s; setup (benchmark "
           f"load + FM load + rest) {setup:.2f} s; time to first step "
           f"{statistics.median(first):.2f} s")
-    if eager_runs:
-        eager_first = [r["events"][-1][1] for r in eager_runs]
+    def other(key: str, label: str, what: str, these: list[dict]) -> None:
+        if not these:
+            return
+        vals = [r["events"][-1][1] for r in these]
         build = [span(r, "build clients (strategies, Avalanche): start",
-                      "build clients (strategies, Avalanche): end") for r in eager_runs]
-        out["first_step_eager_avalanche_s"] = statistics.median(eager_first)
-        out["first_step_eager_avalanche_runs_s"] = eager_first
-        print(f"with Avalanche imported whole (FCLKIT_AVALANCHE_EAGER=1), alternating with the "
-              f"runs above: time to first step {statistics.median(eager_first):.2f} s (runs: "
-              f"{', '.join(f'{v:.2f}' for v in eager_first)}), of which build clients "
-              f"{statistics.median(build):.2f} s; fclkit's Avalanche import saves "
-              f"{statistics.median(eager_first) - statistics.median(first):.2f} s")
+                      "build clients (strategies, Avalanche): end") for r in these]
+        evaluation = [span(r, "evaluation: start", "evaluation: end") for r in these]
+        out[key], out[key.replace("_s", "_runs_s")] = statistics.median(vals), vals
+        print(f"{label}, alternating with the runs above: time to first step "
+              f"{statistics.median(vals):.2f} s (runs: {', '.join(f'{v:.2f}' for v in vals)}), "
+              f"of which build clients {statistics.median(build):.2f} s, initial evaluation "
+              f"{statistics.median(evaluation):.2f} s; {what} "
+              f"{statistics.median(vals) - statistics.median(first):+.2f} s")
+
+    other("first_step_warm_cache_s", "with a warm feature cache (--cache-dir filled by one "
+          "short run)", "against a cold cache:", warm_runs)
+    other("first_step_sequential_imports_s", "with FCLKIT_BACKGROUND_IMPORTS=0 (imports after "
+          "the FM's first pass)", "the overlap saves", sequential_runs)
+    other("first_step_eager_avalanche_s", "with Avalanche imported whole "
+          "(FCLKIT_AVALANCHE_EAGER=1)", "fclkit's Avalanche import saves", eager_runs)
 
     print("\nstandalone import times for reference (fresh process each, median of 3):")
     dynamo = "import torch, torch._dynamo"

@@ -19,7 +19,7 @@ A component never computes metrics: the core does, from the models' predictions.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
@@ -51,6 +51,10 @@ class Component(ABC):
     description: ClassVar[str] = ""
     #: Frozen attrs class of hyperparameters; every field has ``metadata={"help": ...}``.
     Options: ClassVar[type] = NoOptions
+    #: Modules this component imports when it is built (a heavy library such as
+    #: Avalanche): a run imports them in a background thread while it loads its data
+    #: (:mod:`fclkit.runtime.preload`). A hint only; the component still imports them.
+    background_imports: ClassVar[tuple[str, ...]] = ()
 
 
 #: An extra loss term added to a strategy's own loss: ``term(x, y, logits) -> scalar``.
@@ -476,6 +480,11 @@ class EngineHost(Protocol):
 
     def build_client(self, client_id: int) -> Client:
         """Client ``client_id``, built from the configuration alone (any process can)."""
+        ...
+
+    def build_clients(self, client_ids: Iterable[int]) -> dict[int, Client]:
+        """Several clients by id, as :meth:`build_client` builds them, but faster: their
+        components' heavy imports overlap with the FM's first pass over their test sets."""
         ...
 
     def run_loop(self, executor: ClientExecutor) -> dict[str, Any]:

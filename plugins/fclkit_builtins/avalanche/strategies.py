@@ -53,6 +53,10 @@ class AvalancheStrategy(ContinualStrategy):
     """
 
     Options = NoOptions
+    #: what building any of them imports: Avalanche's templates and their plugins,
+    #: torchvision and torch._dynamo (1.7 s), loaded while the run loads its data
+    background_imports = (f"{__package__}.round_driver",
+                          "avalanche.training.supervised.strategy_wrappers")
 
     def __init__(self, model: torch.nn.Module, options: Any = None,
                  context: TrainContext | None = None, *, plugins: Sequence[Any] = ()) -> None:

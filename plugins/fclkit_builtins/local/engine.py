@@ -22,7 +22,7 @@ class LocalExecutor(ClientExecutor):
     def __init__(self, host: EngineHost) -> None:
         self.host = host
         self.reporter = host.reporter
-        self.clients = {cid: host.build_client(cid) for cid in range(host.config.clients)}
+        self.clients = host.build_clients(range(host.config.clients))
         self.timeout = host.config.client_timeout
 
     def fit(self, round_info: RoundInfo, downloads: Mapping[int, Any]
