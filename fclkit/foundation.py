@@ -33,7 +33,6 @@ Importing this module is light: torch loads in :meth:`setup`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import weakref
@@ -47,6 +46,7 @@ from .config import boolean, int_at_least, one_of, setting
 from .errors import FclkitError
 from .feature_cache import DEFAULT_MAX_BYTES, CacheInfo, DiskFeatureCache, FeatureCache
 from .interfaces import FoundationModel
+from .serialization import tensors_digest
 from .stream import images_as_float
 
 
@@ -78,14 +78,7 @@ _WEIGHTS_DIGESTS: dict[tuple[str, Any], str] = {}
 
 def weights_digest(module: Any) -> str:
     """BLAKE2b of a module's state dict: every tensor's name, dtype, shape and bytes."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+    return tensors_digest(module.state_dict())
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
@@ -289,14 +282,7 @@ class FrozenBackboneFoundationModel(FoundationModel):
     def _adapter_cache(self) -> FeatureCache:
         """The in-memory cache of features under the adapters' current weights (option
         ``adapter_cache``): one per adapter state, found by a hash of the adapter tensors."""
-        import torch
-
-        h = hashlib.blake2b(digest_size=16)
-        for name, p in sorted(self._adapters.items()):
-            t = p.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-        key = h.hexdigest()
+        key = tensors_digest(self._adapters)
         caches = self.__dict__.setdefault("_adapter_caches", {})
         cache = caches.pop(key, None)
         if cache is None:

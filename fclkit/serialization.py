@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 #: the safetensors metadata key of the digest that binds a state's two files
 DIGEST_KEY = "fclkit.sha256"
+
+
+def tensors_digest(tensors: Mapping[str, Any]) -> str:
+    """BLAKE2b (128 bits) of named tensors: every name, dtype, shape and the bytes; the
+    same for equal tensors wherever they live (a quick identity of a model's weights)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(tensors.items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def _digest(skeleton_text: bytes, tensors: dict[str, Any]) -> str:

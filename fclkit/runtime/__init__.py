@@ -9,9 +9,9 @@
 Imported only when a run starts (it imports torch).
 """
 
-from .client import Client
+from .client import Client, EvaluationMemo
 from .experiment import Experiment
 from .lifecycle import RunResult, run
 from .server import Server
 
-__all__ = ["Client", "Experiment", "RunResult", "Server", "run"]
+__all__ = ["Client", "EvaluationMemo", "Experiment", "RunResult", "Server", "run"]

@@ -91,9 +91,27 @@ def _prepared_experiment(header: ConfigRecord) -> tuple[str, Any]:
     if prune < 0:
         # a simulation's actor may serve any client: build them now, as the local engine
         # does before its first round, rather than one by one inside the training rounds
-        for cid in range(min(experiment.config.clients, MAX_CLIENTS)):
-            _CLIENTS[(digest, cid)] = (_FRESH, experiment.build_client(cid))
+        built = experiment.build_clients(range(min(experiment.config.clients, MAX_CLIENTS)))
+        for cid, client in built.items():
+            _CLIENTS[(digest, cid)] = (_FRESH, client)
     return digest, experiment
+
+
+#: experiment digest -> (task index, the memo of that evaluation): the clients this
+#: process evaluates with the same model (after a FedAvg download, all of them) are
+#: evaluated once (fclkit.runtime.EvaluationMemo)
+_MEMOS: dict[str, tuple[int, Any]] = {}
+
+
+def _evaluation_memo(digest: str, task_index: int) -> Any:
+    from fclkit.runtime import EvaluationMemo
+
+    kept = _MEMOS.get(digest)
+    if kept is None or kept[0] != task_index:
+        for gone in [d for d in _MEMOS if d not in _EXPERIMENTS]:
+            del _MEMOS[gone]
+        kept = _MEMOS[digest] = (task_index, EvaluationMemo())
+    return kept[1]
 
 
 def _client(experiment: Any, key: tuple[str, int], state: Any, token: str | None) -> Any:
@@ -277,7 +295,9 @@ def serve_content(content: RecordDict, context: Context, step: str) -> RecordDic
         new_token = uuid.uuid4().hex
         if step == "evaluate":
             client.apply(download)
-            result = client.evaluate(Download.from_state(payload.get("global_fm")))
+            result = client.evaluate(Download.from_state(payload.get("global_fm")),
+                                     _evaluation_memo(digest, field(header, "task_index",
+                                                                    int, -1)))
             saved = save_client_state(context, cid, config_key, client.state_dict(), new_token)
             _keep(key, new_token, client)
             return _reply_content(cid, {"accuracies": result},

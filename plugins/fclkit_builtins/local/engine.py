@@ -51,10 +51,13 @@ class LocalExecutor(ClientExecutor):
 
     def evaluate(self, task_index: int, downloads: Mapping[int, Any],
                  global_fm: Download | None) -> dict[int, dict[str, list[float]]]:
+        from fclkit.runtime import EvaluationMemo
+
         out = {}
+        memo = EvaluationMemo()  # clients with identical models are evaluated once
         for cid, client in self.clients.items():
             client.apply(downloads.get(cid))
-            out[cid] = client.evaluate(global_fm)
+            out[cid] = client.evaluate(global_fm, memo)
         return out
 
 
