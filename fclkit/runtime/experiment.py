@@ -205,11 +205,15 @@ class Experiment:
 
     def warm_up_features(self, client_ids: Iterable[int]) -> None:
         """Have the foundation model compute (and cache) its features of the test sets
-        of ``client_ids`` -- what their first evaluation asks of it."""
+        of ``client_ids`` -- what their first evaluation asks of it. Only a model that
+        caches its features (a :class:`~fclkit.foundation.FrozenBackboneFoundationModel`)
+        is asked: for any other the work would be done twice."""
         import torch
 
+        from ..foundation import FrozenBackboneFoundationModel
+
         fm = self.foundation_model
-        if fm is None:
+        if not isinstance(fm, FrozenBackboneFoundationModel):
             return
         with torch.no_grad():
             for cid in client_ids:
