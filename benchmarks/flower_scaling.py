@@ -50,7 +50,6 @@ and per evaluation.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -265,9 +264,8 @@ def measure(engine: str, clients: int, cpus_per_client: float, superlink: str = 
 
 def deployment(worker: bool, folder: Path) -> dict:
     """A SuperLink and two SuperNodes on 127.0.0.1, one 2-client run through them."""
-    import signal
 
-    from fclkit_builtins.flower.loopback import free_port, wait_for_port
+    from fclkit_builtins.flower.loopback import free_port, stop_process_groups, wait_for_port
 
     for exe in ("flower-superlink", "flower-supernode"):
         if not (BIN / exe).exists():
@@ -316,15 +314,8 @@ def deployment(worker: bool, folder: Path) -> dict:
                 r"is ([\d.]+) s old", text)]
         result["relays"] = relays
         return result
-    finally:
-        for proc in procs:  # the whole process group: SuperExec, app processes, workers
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # the whole process groups: SuperExec, app processes, workers
+        stop_process_groups(procs, timeout=20)
 
 
 def main_deployment(json_path: str | None) -> None:

@@ -34,7 +34,7 @@ import fclkit
 import fclkit_builtins.flower
 from fclkit.interfaces import ContinualStrategy, Engine, TrainReport
 from fclkit_builtins.flower.engine import FlowerEngine
-from fclkit_builtins.flower.loopback import free_port, wait_for_port
+from fclkit_builtins.flower.loopback import free_port, stop_process_groups, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -673,18 +673,8 @@ def flower_federation(tmp_path):
                 "--node-config",
                 f"partition-id={k} num-partitions=2 fclkit-state-dir=\"{tmp_path / f'state{k}'}\""])
         yield {"superlink": f"127.0.0.1:{link_port}", "dir": tmp_path, "logs": logs}
-    finally:
-        for proc in procs:  # the whole process group: SuperExec and app processes too
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+    finally:  # the whole process groups: SuperExec and app processes too
+        stop_process_groups(procs)
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ from test_flower_engine import (
 )
 
 import fclkit
-from fclkit_builtins.flower.loopback import free_port, wait_for_port
+from fclkit_builtins.flower.loopback import free_port, stop_process_groups, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,14 +246,8 @@ class Processes:
         return "".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}\n"
                        for log in sorted(self.folder.glob("*.log")))
 
-    def close(self) -> None:
-        for name in list(self.procs):  # SIGTERM first: a SuperLink stops its apps
-            try:
-                os.killpg(self.procs[name].pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for name in list(self.procs):
-            self.kill(name)
+    def close(self) -> None:  # SIGTERM first: a SuperLink stops its apps
+        stop_process_groups(self.procs.values())
 
 
 def _flower_env(**extra: str) -> dict[str, str]:
