@@ -354,23 +354,38 @@ def run_all(benchmarks: list[str], seeds: list[int], output: Path, overrides: di
                      fm=_default_fm(benchmark), tasks=tasks, rounds=rounds)
         for spec in specs:
             for seed in seeds[:spec.get("max_seeds") or None]:
-                kwargs = _config_kwargs(benchmark, spec, seed, output, overrides)
-                run_dir = output / kwargs["name"]
-                if finished(run_dir):  # a comparison run before: reuse what it finished
-                    check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
-                    metrics = json.loads((run_dir / "metrics.json").read_text())
-                    results.append(_row_result(benchmark, spec, seed, metrics))
-                elif reuse_only:
-                    print(f"not run yet, left out: {kwargs['name']}", flush=True)
-                elif resumable(run_dir):  # interrupted: continue from its checkpoint
-                    check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
-                    print(f"resuming the unfinished run {run_dir}", flush=True)
-                    todo.append((benchmark, spec, seed, {**kwargs, "resume": str(run_dir)}))
-                else:
-                    if run_dir.exists():  # no checkpoint: fclkit would write beside it
-                        print(f"removing the unfinished run {run_dir}", flush=True)
-                        shutil.rmtree(run_dir)
-                    todo.append((benchmark, spec, seed, kwargs))
+                schedule(benchmark, spec, seed, output, overrides, todo, results,
+                         reuse_only)
+    return execute(todo, results, jobs)
+
+
+def schedule(benchmark: str, spec: dict, seed: int, output: Path, overrides: dict,
+             todo: list, results: list, reuse_only: bool = False) -> None:
+    """One planned run: its row appended to ``results`` when ``output`` holds it finished
+    (made with the same configuration), else the run appended to ``todo`` (resumed from
+    its checkpoint when it was interrupted)."""
+    kwargs = _config_kwargs(benchmark, spec, seed, output, overrides)
+    run_dir = output / kwargs["name"]
+    if finished(run_dir):  # a comparison run before: reuse what it finished
+        check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        results.append(_row_result(benchmark, spec, seed, metrics))
+    elif reuse_only:
+        print(f"not run yet, left out: {kwargs['name']}", flush=True)
+    elif resumable(run_dir):  # interrupted: continue from its checkpoint
+        check_reusable(run_dir, fclkit.ExperimentConfig(**kwargs))
+        print(f"resuming the unfinished run {run_dir}", flush=True)
+        todo.append((benchmark, spec, seed, {**kwargs, "resume": str(run_dir)}))
+    else:
+        if run_dir.exists():  # no checkpoint: fclkit would write beside it
+            print(f"removing the unfinished run {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+        todo.append((benchmark, spec, seed, kwargs))
+
+
+def execute(todo: list, results: list, jobs: int = 1) -> list:
+    """Run the ``todo`` of :func:`schedule` (``jobs`` at a time, each in a fresh process);
+    ``results`` with the rows of the runs added."""
     print(f"{len(results)} finished runs reused, {len(todo)} to run", flush=True)
     if jobs <= 1:
         for i, (benchmark, spec, seed, kwargs) in enumerate(todo):

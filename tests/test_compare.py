@@ -165,3 +165,56 @@ def test_an_interrupted_run_is_resumed_from_its_checkpoint_not_rerun(tmp_path):
     assert compare.finished(run_dir) and not compare.resumable(run_dir)
     clean = fclkit.run(fclkit.ExperimentConfig(**{**kwargs, "name": "clean"})).metrics
     assert metrics["per_client"] == clean["per_client"]
+
+
+# ---------------------------------------------------------- examples/fm_regime.py
+
+def _fm_regime():
+    spec = importlib.util.spec_from_file_location(
+        "fm_regime", Path(__file__).parents[1] / "examples" / "fm_regime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fm_regime_plans_each_cell_with_its_data_size_and_only_fm_runs_at_its_image_size():
+    regime = _fm_regime()
+    cell = regime.plan(20, 224, tasks=5, rounds=3)
+    assert {s["row"] for s in cell} == set(regime.ROWS)
+    for s in cell:
+        assert s["set"]["benchmark_options"] == {"train_per_class": 20, "test_fraction": 0.03}
+        assert s["set"]["public_fraction"] == 0.2 and s["labels"] == regime.LABELS
+        uses_fm = s["fusion"] in regime.FM_FUSIONS
+        # a run without the FM does not depend on the FM's image size: one run per data size
+        assert ("fm_options" in s["set"]) == uses_fm
+        assert s["image_size"] == (224 if uses_fm else None)
+        if uses_fm:
+            assert s["set"]["fm_options"]["image_size"] == 224
+    other = regime.plan(20, 64, tasks=5, rounds=3)
+    shared = {compare.run_name("split-fmnist", s, 0) for s in cell} & {
+        compare.run_name("split-fmnist", s, 0) for s in other}
+    assert shared == {compare.run_name("split-fmnist", s, 0) for s in cell
+                      if s["fusion"] not in regime.FM_FUSIONS}
+    ceiling = next(s for s in cell if s["row"] == compare.FM_CEILING)
+    assert (ceiling["set"]["clients"], ceiling["set"]["tasks"], ceiling["set"]["rounds"]) == (
+        1, 1, 15)
+
+
+def test_fm_regime_table_puts_a_run_without_the_fm_in_every_image_size_cell(tmp_path):
+    regime = _fm_regime()
+
+    def row(name, size, model, acc):
+        return {"row": name, "per_class": 20, "image_size": size, "seed": 0, "seconds": 1.0,
+                "results": {model: {"accuracy": acc, "forgetting": 0.0}}}
+
+    rows = [row(compare.FEDAVG_REPLAY, None, "small", 0.5),
+            row(compare.FM_CEILING, 64, "fm", 0.6), row(compare.FM_CEILING, 224, "fm", 0.7)]
+    doc = tmp_path / "regime.md"
+    doc.write_text("old table\n<!-- analysis: kept when the table is regenerated -->\nmine\n")
+    args = type("Args", (), {"image_size": [64, 224], "doc": doc})()
+    regime.write_doc(rows, args, "python examples/fm_regime.py")
+    lines = [line for line in doc.read_text().splitlines() if line.startswith("| 20 |")]
+    assert [line.split(" | ")[1:3] for line in lines] == [["64 px", "60.0"],
+                                                          ["224 px", "70.0"]]
+    assert all(line.split(" | ")[8] == "50.0" for line in lines)  # FedAvg × replay
+    assert doc.read_text().endswith("mine\n") and "old table" not in doc.read_text()

@@ -1,0 +1,158 @@
+"""Where does the foundation model matter? A grid over the private data's size and the FM's
+resolution on Fashion-MNIST, with the method, the strongest baselines and the ceilings.
+
+    python examples/fm_regime.py [--per-class 20 200] [--image-size 64 224] [--seeds 0]
+        [--jobs 2] [--output runs/fm-regime] [--doc docs/fm-regime.md]
+        [--set threads=1 loggers=none cache_dir=DIR]
+
+Every cell is ``split-fmnist`` with ``train_per_class`` training images of each class
+(before the public set is carved out of them: ``public_fraction = 0.2``, 2 server labels
+per class), 5 tasks x 3 rounds, 3 clients, tested on 3 % of every class of all 70,000
+images (2,100 images; ``test_fraction = 0.03``), with the default FM (EfficientNet-Lite0,
+frozen backbone, linear head) at ``image_size`` pixels. Rows (the same runs as
+``examples/compare.py``'s rows of those names, docs/results.md):
+
+* the method, ``one-by-one`` x replay, and with per-class feature statistics (our
+  addition, ``calibration = gaussian``);
+* the strongest baselines: FedAvg x replay (small models) and ``fm-fedavg`` (the clients
+  train the FM part on their own data, which breaks the method's premise);
+* the ceilings: the FM part and the small CNN trained on every client's data at once.
+
+The table answers: at which data size and resolution is the FM part stronger than the
+small models (the ceilings), and does the method then bring that strength to the
+clients? A shared ``cache_dir`` computes each image size's backbone features once.
+Finished runs in ``--output`` are reused (their configuration checked, as compare.py
+does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare  # noqa: E402  (examples/compare.py: the rows, runs and reuse checks)
+
+import fclkit  # noqa: E402
+
+BENCHMARK = "split-fmnist"
+LABELS = 2
+OPTIONS = {"test_fraction": 0.03}
+#: the fusions of ROWS that use the FM (the others' runs do not depend on its image size)
+FM_FUSIONS = ("one-by-one", "fm-fedavg")
+ROWS = (compare.METHOD, compare.CALIBRATED, compare.FEDAVG_REPLAY, compare.FM_FEDAVG,
+        compare.FM_CEILING, "small model cnn, joint")
+
+
+def plan(per_class: int, image_size: int, tasks: int, rounds: int) -> list[dict]:
+    """The cell's runs: compare.py's rows of the names in ROWS (homogeneous CNNs)."""
+    specs = [s for s in compare.plan(BENCHMARK, LABELS, "all", fm="efficientnet-lite",
+                                     tasks=tasks, rounds=rounds)
+             if s["label"] in ROWS and s["models"] == "homogeneous"]
+    cell = []
+    for s in specs:
+        uses_fm = s["fusion"] in FM_FUSIONS
+        where = f"{per_class}/class, {image_size} px" if uses_fm else f"{per_class}/class"
+        s = {**s, "label": f"{s['label']} [{where}]", "row": s["label"],
+             "per_class": per_class, "image_size": image_size if uses_fm else None}
+        s["set"] = {**s["set"], "public_fraction": 0.2,
+                    "benchmark_options": {**s["set"].get("benchmark_options", {}), **OPTIONS,
+                                          "train_per_class": per_class}}
+        if uses_fm:
+            s["set"]["fm_options"] = {**s["set"].get("fm_options", {}),
+                                      "image_size": image_size}
+        cell.append(s)
+    return cell
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run (or reuse, as compare.py does) every run of the grid; their rows."""
+    overrides = fclkit.config.parse_option_pairs(args.set, "--set")
+    tasks = int(overrides.get("tasks", fclkit.config.FIELDS["tasks"].default))
+    rounds = int(overrides.get("rounds", fclkit.config.FIELDS["rounds"].default))
+    planned: dict[str, dict] = {}  # a run without the FM once per data size
+    for per_class in args.per_class:
+        for size in args.image_size:
+            planned.update((s["label"], s) for s in plan(per_class, size, tasks, rounds))
+    todo: list = []
+    rows: list = []
+    for seed in args.seeds:  # seed by seed: an interrupted grid has whole seeds first
+        for spec in planned.values():
+            compare.schedule(BENCHMARK, spec, seed, args.output, overrides, todo, rows)
+    return compare.execute(todo, rows, args.jobs)
+
+
+def _mean(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def write_doc(rows: list[dict], args: argparse.Namespace, command: str) -> None:
+    cells: dict[tuple[int, int], dict[str, dict[str, list[float]]]] = {}
+    for r in rows:  # a run without the FM belongs to every image size's cell
+        sizes = [r["image_size"]] if r["image_size"] is not None else args.image_size
+        for size in sizes:
+            by_row = cells.setdefault((r["per_class"], size), {})
+            for model, res in r["results"].items():
+                by_row.setdefault(r["row"], {}).setdefault(model, []).append(res["accuracy"])
+    seeds = sorted({r["seed"] for r in rows})
+    hours = sum(r["seconds"] for r in rows) / 3600
+    lines = [
+        "# Where the foundation model matters: data size and resolution (Fashion-MNIST)",
+        "", "Generated by:", "", "```", command, "```", "",
+        f"Seeds {', '.join(map(str, seeds))}; {len(rows)} runs, {hours:.1f} h of run time "
+        "in all. Final average accuracy in % (mean over clients; ± over seeds where more "
+        "than one). Each cell: `split-fmnist` with the given training images per class "
+        "(the public set, 20 % of them, carved out first; 2 server labels per class), "
+        "5 tasks × 3 rounds, 3 clients with the CNN, tested on 2,100 images; the FM is "
+        "EfficientNet-Lite0 (frozen backbone, linear head) at the given image size. The "
+        "script's docstring (`examples/fm_regime.py`) describes every row; they are the "
+        "runs of [results.md](results.md)'s rows of the same names.", "",
+        "| images per class | FM image size | FM part, joint (ceiling) | small CNN, joint "
+        "(ceiling) | one-by-one × replay: FM | its small models | + feature statistics: FM "
+        "| its small models | FedAvg × replay | fm-fedavg: FM |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for (per_class, size), by_row in sorted(cells.items()):
+        def cell(row: str, model: str, by_row: dict = by_row) -> str:
+            return _mean(by_row.get(row, {}).get(model, []))
+        lines.append(
+            f"| {per_class} | {size} px | {cell(compare.FM_CEILING, 'fm')} | "
+            f"{cell('small model cnn, joint', 'small')} | {cell(compare.METHOD, 'fm')} | "
+            f"{cell(compare.METHOD, 'small')} | {cell(compare.CALIBRATED, 'fm')} | "
+            f"{cell(compare.CALIBRATED, 'small')} | "
+            f"{cell(compare.FEDAVG_REPLAY, 'small')} | {cell(compare.FM_FEDAVG, 'fm')} |")
+    previous = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+    marker = "<!-- analysis: kept when the table is regenerated -->"
+    kept = previous[previous.index(marker):] if marker in previous else marker + "\n"
+    args.doc.write_text("\n".join(lines) + "\n\n" + kept, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", nargs="+", type=int, default=[20, 200])
+    parser.add_argument("--image-size", nargs="+", type=int, default=[64, 224])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=Path("runs/fm-regime"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/fm-regime.md"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="configuration overrides for every run, e.g. rounds=2")
+    args = parser.parse_args(argv)
+    rows = run(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "fm-regime.json").write_text(json.dumps(rows, indent=1))
+    given = sys.argv[1:] if argv is None else argv
+    write_doc(rows, args, "python examples/fm_regime.py " + " ".join(given))
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
