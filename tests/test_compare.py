@@ -203,12 +203,15 @@ def test_fm_regime_plans_each_cell_with_its_data_size_and_only_fm_runs_at_its_im
 def test_fm_regime_table_puts_a_run_without_the_fm_in_every_image_size_cell(tmp_path):
     regime = _fm_regime()
 
-    def row(name, size, model, acc):
+    def row(name, size, model, acc, group="baseline"):
         return {"row": name, "per_class": 20, "image_size": size, "seed": 0, "seconds": 1.0,
+                "group": group, "models": "homogeneous",
                 "results": {model: {"accuracy": acc, "forgetting": 0.0}}}
 
     rows = [row(compare.FEDAVG_REPLAY, None, "small", 0.5),
-            row(compare.FM_CEILING, 64, "fm", 0.6), row(compare.FM_CEILING, 224, "fm", 0.7)]
+            row(compare.FM_CEILING, 64, "fm", 0.6, "ceiling"),
+            row(compare.FM_CEILING, 224, "fm", 0.7, "ceiling"),
+            row(compare.METHOD, 224, "fm", 0.68, "method")]
     doc = tmp_path / "regime.md"
     doc.write_text("old table\n<!-- analysis: kept when the table is regenerated -->\nmine\n")
     args = type("Args", (), {"image_size": [64, 224], "doc": doc})()
@@ -217,4 +220,9 @@ def test_fm_regime_table_puts_a_run_without_the_fm_in_every_image_size_cell(tmp_
     assert [line.split(" | ")[1:3] for line in lines] == [["64 px", "60.0"],
                                                           ["224 px", "70.0"]]
     assert all(line.split(" | ")[8] == "50.0" for line in lines)  # FedAvg × replay
+    # each cell's goal check, computed from that cell's rows: 68 >= 0.95 * 70 at 224 px
+    text = doc.read_text()
+    assert "### Goal check (20/class, 224 px): one-by-one × replay" in text
+    check = text[text.index("### Goal check (20/class, 224 px)"):]
+    assert "| personalised FM vs 0.95 × FM part, joint | 68.0 | 66.5 | +1.5 | yes |" in check
     assert doc.read_text().endswith("mine\n") and "old table" not in doc.read_text()
