@@ -2,7 +2,7 @@
 resolution on Fashion-MNIST, with the method, the strongest baselines and the ceilings.
 
     python examples/fm_regime.py [--per-class 20 200] [--image-size 64 224] [--seeds 0]
-        [--jobs 2] [--output runs/fm-regime] [--doc docs/fm-regime.md]
+        [--jobs 2] [--output runs/fm-regime] [--doc docs/fm-regime.md] [--reuse-only]
         [--set threads=1 loggers=none cache_dir=DIR]
 
 Every cell is ``split-fmnist`` with ``train_per_class`` training images of each class
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows: list = []
     for seed in args.seeds:  # seed by seed: an interrupted grid has whole seeds first
         for spec in planned.values():
-            compare.schedule(BENCHMARK, spec, seed, args.output, overrides, todo, rows)
+            compare.schedule(BENCHMARK, spec, seed, args.output, overrides, todo, rows,
+                             args.reuse_only)
     return compare.execute(todo, rows, args.jobs)
 
 
@@ -163,13 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("runs/fm-regime"))
     parser.add_argument("--doc", type=Path, default=Path("docs/fm-regime.md"))
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="run nothing: write the doc from the finished runs in --output")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="configuration overrides for every run, e.g. rounds=2")
     args = parser.parse_args(argv)
     rows = run(args)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "fm-regime.json").write_text(json.dumps(rows, indent=1))
-    given = sys.argv[1:] if argv is None else argv
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--reuse-only"]
     write_doc(rows, args, "python examples/fm_regime.py " + " ".join(given))
     print(f"wrote {args.doc}")
 
