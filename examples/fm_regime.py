@@ -18,7 +18,9 @@ frozen backbone, linear head) at ``image_size`` pixels. Rows (the same runs as
   train the FM part on their own data, which breaks the method's premise), and the
   FM-side baselines that keep it: ``fm-only`` (the FM trained on the server's labels
   alone) and FedDF x replay (ensemble distillation into the small models and the FM);
-* the ceilings: the FM part and the small CNN trained on every client's data at once.
+* the ceilings: the FM part and the small CNN trained on every client's data at once;
+* heterogeneous fleets (an MLP, a CNN and LeNet-5, one per client): the method, the
+  calibrated method, isolated x replay and FedDF x replay.
 
 The table answers: at which data size and resolution is the FM part stronger than the
 small models (the ceilings), and does the method then bring that strength to the
@@ -47,13 +49,17 @@ OPTIONS = {"test_fraction": 0.03}
 FM_FUSIONS = ("one-by-one", "fm-fedavg", "fm-only", "feddf")
 ROWS = (compare.METHOD, compare.CALIBRATED, compare.FEDAVG_REPLAY, compare.FM_FEDAVG,
         compare.FM_ONLY, compare.FEDDF, compare.FM_CEILING, "small model cnn, joint")
+#: rows also run with heterogeneous small models (mlp, cnn, lenet: one per client)
+HETERO_ROWS = (compare.METHOD, compare.CALIBRATED, compare.ISOLATED, compare.FEDDF)
 
 
 def plan(per_class: int, image_size: int, tasks: int, rounds: int) -> list[dict]:
-    """The cell's runs: compare.py's rows of the names in ROWS (homogeneous CNNs)."""
+    """The cell's runs: compare.py's rows of the names in ROWS (homogeneous CNNs) and in
+    HETERO_ROWS (heterogeneous small models)."""
     specs = [s for s in compare.plan(BENCHMARK, LABELS, "all", fm="efficientnet-lite",
                                      tasks=tasks, rounds=rounds)
-             if s["label"] in ROWS and s["models"] == "homogeneous"]
+             if (s["label"] in ROWS and s["models"] == "homogeneous")
+             or (s["label"] in HETERO_ROWS and s["models"] == "heterogeneous")]
     cell = []
     for s in specs:
         uses_fm = s["fusion"] in FM_FUSIONS
@@ -70,19 +76,26 @@ def plan(per_class: int, image_size: int, tasks: int, rounds: int) -> list[dict]
     return cell
 
 
+def grid(per_classes: list[int], sizes: list[int], tasks: int, rounds: int) -> list[dict]:
+    """Every run of the grid once: a run without the FM is shared by the image sizes of
+    its data size."""
+    planned: dict[tuple[str, str], dict] = {}
+    for per_class in per_classes:
+        for size in sizes:
+            planned.update(((s["label"], s["models"]), s)
+                           for s in plan(per_class, size, tasks, rounds))
+    return list(planned.values())
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     """Run (or reuse, as compare.py does) every run of the grid; their rows."""
     overrides = fclkit.config.parse_option_pairs(args.set, "--set")
     tasks = int(overrides.get("tasks", fclkit.config.FIELDS["tasks"].default))
     rounds = int(overrides.get("rounds", fclkit.config.FIELDS["rounds"].default))
-    planned: dict[str, dict] = {}  # a run without the FM once per data size
-    for per_class in args.per_class:
-        for size in args.image_size:
-            planned.update((s["label"], s) for s in plan(per_class, size, tasks, rounds))
     todo: list = []
     rows: list = []
     for seed in args.seeds:  # seed by seed: an interrupted grid has whole seeds first
-        for spec in planned.values():
+        for spec in grid(args.per_class, args.image_size, tasks, rounds):
             compare.schedule(BENCHMARK, spec, seed, args.output, overrides, todo, rows,
                              args.reuse_only)
     return compare.execute(todo, rows, args.jobs)
@@ -111,6 +124,13 @@ COLUMNS = ((compare.FM_CEILING, "fm", "FM part, joint (ceiling)"),
            (compare.FM_ONLY, "fm", "fm-only: FM"),
            (compare.FEDDF, "fm", "FedDF × replay: FM"),
            (compare.FEDDF, "small", "its small models"))
+HETERO_COLUMNS = ((compare.METHOD, "fm", "one-by-one × replay: FM"),
+                  (compare.METHOD, "small", "its small models"),
+                  (compare.CALIBRATED, "fm", "+ feature statistics: FM"),
+                  (compare.CALIBRATED, "small", "its small models"),
+                  (compare.ISOLATED, "small", "isolated × replay"),
+                  (compare.FEDDF, "fm", "FedDF × replay: FM"),
+                  (compare.FEDDF, "small", "its small models"))
 
 
 def write_doc(rows: list[dict], args: argparse.Namespace, command: str) -> None:
@@ -128,23 +148,28 @@ def write_doc(rows: list[dict], args: argparse.Namespace, command: str) -> None:
         "in all. Final average accuracy in %, mean ± std over seeds (each seed: mean over "
         "clients). Each cell: `split-fmnist` with the given training images per class "
         "(the public set, 20 % of them, carved out first; 2 server labels per class), "
-        "5 tasks × 3 rounds, 3 clients with the CNN, tested on 2,100 images; the FM is "
+        "5 tasks × 3 rounds, 3 clients, tested on 2,100 images; the FM is "
         "EfficientNet-Lite0 (frozen backbone, linear head) at the given image size. The "
         "script's docstring (`examples/fm_regime.py`) describes every row; they are the "
         "runs of [results.md](results.md)'s rows of the same names, and the goal checks "
-        "are computed as there (its heterogeneous rows are not run here).", "",
-        "| images per class | FM image size | "
-        + " | ".join(heading for _, _, heading in COLUMNS) + " |",
-        "|" + "---|" * (len(COLUMNS) + 2)]
-    for per_class, size in order:
-        name = f"{per_class}/class, {size} px"
+        "are computed as there.", ""]
+    for models, columns, title in (
+            ("homogeneous", COLUMNS, "Homogeneous fleets (every client a CNN)"),
+            ("heterogeneous", HETERO_COLUMNS, "Heterogeneous fleets (an MLP, a CNN and "
+             "LeNet-5, one per client)")):
+        lines += [f"## {title}", "", "| images per class | FM image size | "
+                  + " | ".join(heading for _, _, heading in columns) + " |",
+                  "|" + "---|" * (len(columns) + 2)]
+        for per_class, size in order:
+            name = f"{per_class}/class, {size} px"
 
-        def cell(row: str, model: str, name: str = name) -> str:
-            g = groups.get((name, row, "homogeneous"))
-            return compare._cell(g[model]["accuracy"]) if g else "–"
-        lines.append(f"| {per_class} | {size} px | "
-                     + " | ".join(cell(row, model) for row, model, _ in COLUMNS) + " |")
-    lines.append("")
+            def cell(row: str, model: str, name: str = name, models: str = models) -> str:
+                g = groups.get((name, row, models))
+                return compare._cell(g[model]["accuracy"]) if g else "–"
+            lines.append(f"| {per_class} | {size} px | "
+                         + " | ".join(cell(row, model) for row, model, _ in columns) + " |")
+        lines.append("")
+    lines += ["## Goal checks", ""]
     for per_class, size in order:
         name = f"{per_class}/class, {size} px"
         lines += compare.goal_check(groups, name) + compare.goal_check(

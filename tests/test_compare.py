@@ -180,7 +180,9 @@ def _fm_regime():
 def test_fm_regime_plans_each_cell_with_its_data_size_and_only_fm_runs_at_its_image_size():
     regime = _fm_regime()
     cell = regime.plan(20, 224, tasks=5, rounds=3)
-    assert {s["row"] for s in cell} == set(regime.ROWS)
+    assert {(s["row"], s["models"]) for s in cell} == {
+        *((row, "homogeneous") for row in regime.ROWS),
+        *((row, "heterogeneous") for row in regime.HETERO_ROWS)}
     for s in cell:
         assert s["set"]["benchmark_options"] == {"train_per_class": 20, "test_fraction": 0.03}
         assert s["set"]["public_fraction"] == 0.2 and s["labels"] == regime.LABELS
@@ -195,6 +197,11 @@ def test_fm_regime_plans_each_cell_with_its_data_size_and_only_fm_runs_at_its_im
         compare.run_name("split-fmnist", s, 0) for s in other}
     assert shared == {compare.run_name("split-fmnist", s, 0) for s in cell
                       if s["fusion"] not in regime.FM_FUSIONS}
+    # the whole grid: every run once, those without the FM shared by the image sizes
+    runs = regime.grid([20, 200], [64, 224], tasks=5, rounds=3)
+    no_fm = [s for s in cell if s["fusion"] not in regime.FM_FUSIONS]
+    assert len(runs) == 2 * (2 * (len(cell) - len(no_fm)) + len(no_fm))
+    assert len({compare.run_name("split-fmnist", s, 0) for s in runs}) == len(runs)
     ceiling = next(s for s in cell if s["row"] == compare.FM_CEILING)
     assert (ceiling["set"]["clients"], ceiling["set"]["tasks"], ceiling["set"]["rounds"]) == (
         1, 1, 15)
@@ -216,12 +223,13 @@ def test_fm_regime_table_puts_a_run_without_the_fm_in_every_image_size_cell(tmp_
     doc.write_text("old table\n<!-- analysis: kept when the table is regenerated -->\nmine\n")
     args = type("Args", (), {"image_size": [64, 224], "doc": doc})()
     regime.write_doc(rows, args, "python examples/fm_regime.py")
-    lines = [line for line in doc.read_text().splitlines() if line.startswith("| 20 |")]
+    text = doc.read_text()
+    homogeneous = text[text.index("## Homogeneous"):text.index("## Heterogeneous")]
+    lines = [line for line in homogeneous.splitlines() if line.startswith("| 20 |")]
     assert [line.split(" | ")[1:3] for line in lines] == [["64 px", "60.0"],
                                                           ["224 px", "70.0"]]
     assert all(line.split(" | ")[8] == "50.0" for line in lines)  # FedAvg × replay
     # each cell's goal check, computed from that cell's rows: 68 >= 0.95 * 70 at 224 px
-    text = doc.read_text()
     assert "### Goal check (20/class, 224 px): one-by-one × replay" in text
     check = text[text.index("### Goal check (20/class, 224 px)"):]
     assert "| personalised FM vs 0.95 × FM part, joint | 68.0 | 66.5 | +1.5 | yes |" in check
