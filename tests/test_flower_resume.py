@@ -118,8 +118,16 @@ def test_the_deployment_server_app_writes_checkpoints_and_resumes(tmp_path):
 
     first = context()
     assert first.run_config[RUN_RESUME] is False
-    with pytest.raises(ServerKilled):
-        server_app.main(InProcessGrid(client_app, 2, crash_at="task1-round0"), first)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # not the run's: the ClientApp must leave it as it was
+    try:
+        with pytest.raises(ServerKilled):
+            server_app.main(InProcessGrid(client_app, 2, crash_at="task1-round0"), first)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
     assert latest(run_dir)["step"] == 1
 

@@ -312,3 +312,43 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
         serialization.atomic_write_text(path, '{"new": tr')
     assert json.loads(path.read_text()) == {"old": True}
     assert Path(path).read_text() == '{"old": true}'
+
+
+class _ThreadsSeen(PlainSGD):
+    """Plain SGD that records the torch thread count it trains with; raises
+    KeyboardInterrupt (as Ctrl-C would) in the round numbered ``stop_at``."""
+
+    name = "threads-seen"
+    seen: list[int] = []
+    calls = 0
+    stop_at = -1
+
+    def train_round(self, task, **kwargs):
+        type(self).calls += 1
+        if type(self).calls == type(self).stop_at:
+            raise KeyboardInterrupt
+        type(self).seen.append(torch.get_num_threads())
+        return super().train_round(task, **kwargs)
+
+
+def test_a_resume_at_threads_0_computes_with_the_interrupted_runs_thread_count(tmp_path):
+    """Float results depend on torch's thread count: with ``threads = 0`` (torch's default)
+    a resume continues with the count the run computed with, whatever the resuming
+    process's default, and leaves the process's own as it was."""
+    config = fclkit.ExperimentConfig(cl="threads-seen", fusion="fedavg", clients=1, tasks=2,
+                                     rounds=2, epochs=1, threads=0, loggers="none",
+                                     output=str(tmp_path), name="t")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        _ThreadsSeen.seen, _ThreadsSeen.calls, _ThreadsSeen.stop_at = [], 0, 3
+        with pytest.raises(KeyboardInterrupt):
+            fclkit.run(config, components=[_ThreadsSeen])
+        assert _ThreadsSeen.seen == [3, 3]
+        torch.set_num_threads(1)  # the resuming process has another default
+        _ThreadsSeen.seen, _ThreadsSeen.stop_at = [], -1
+        fclkit.run(None, resume=tmp_path / "t", components=[_ThreadsSeen])
+        assert _ThreadsSeen.seen == [3, 3]  # rounds 3 and 4, at the interrupted run's count
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -105,8 +105,13 @@ def run(config: ExperimentConfig | None, *, registry: Registry | None = None,
     import torch
 
     threads_before = torch.get_num_threads()
-    if config.threads:  # restored when the run ends: no global state leaks to the caller
-        torch.set_num_threads(config.threads)
+    # restored when the run ends: no global state leaks to the caller. A resumed run with
+    # threads = 0 continues with the count the interrupted one computed with (recorded in
+    # its checkpoint): float results depend on it, so a resume in a process or on a
+    # machine with another default would not reproduce the uninterrupted run
+    threads = config.threads or int((resume_state or {}).get("torch_threads", 0) or 0)
+    if threads:
+        torch.set_num_threads(threads)
     if resume is None:
         run_dir = results.create_run_dir(config) if write_results else None
         if run_dir is not None:

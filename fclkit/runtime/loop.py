@@ -311,6 +311,8 @@ class TaskRoundLoop:
         client_states = executor.client_states()
         if client_states is None:  # this engine keeps client state where we cannot see it
             return
+        import torch
+
         from ..checkpoint import rng_state, save_checkpoint
 
         state = {
@@ -322,6 +324,8 @@ class TaskRoundLoop:
             "evals": [_keys_to_str(ev) for ev in loop.evals],
             "rows": loop.rows, "failures": loop.failures,
             "timings": dict(e.timings), "rng": rng_state(),
+            # what the run computes with: a resume at threads = 0 continues with it
+            "torch_threads": torch.get_num_threads(),
         }
         save_checkpoint(e.run_dir, state, task=info.task, round=info.round, step=step)
 

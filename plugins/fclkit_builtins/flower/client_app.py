@@ -258,7 +258,19 @@ def _serve(message: Message, context: Context, step: str) -> Message:
 
 def serve_content(content: RecordDict, context: Context, step: str) -> RecordDict:
     """Take the client, restore its state, do ``step``, save the state; the reply's
-    content."""
+    content. Runs at the run's torch thread count (the header's ``threads``), and leaves
+    the process's as it found it (a ClientApp called in the caller's process, as tests
+    and node workers do, would otherwise change it for everything that runs after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _serve_content(content, context, step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _serve_content(content: RecordDict, context: Context, step: str) -> RecordDict:
     header = content.get(HEADER)
     cid = header.get("client", -1) if isinstance(header, ConfigRecord) else -1
     cid = cid if isinstance(cid, int) else -1
