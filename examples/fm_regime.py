@@ -45,12 +45,17 @@ import fclkit  # noqa: E402
 BENCHMARK = "split-fmnist"
 LABELS = 2
 OPTIONS = {"test_fraction": 0.03}
-#: the fusions of ROWS that use the FM (the others' runs do not depend on its image size)
-FM_FUSIONS = ("one-by-one", "fm-fedavg", "fm-only", "feddf")
 ROWS = (compare.METHOD, compare.CALIBRATED, compare.FEDAVG_REPLAY, compare.FM_FEDAVG,
         compare.FM_ONLY, compare.FEDDF, compare.FM_CEILING, "small model cnn, joint")
 #: rows also run with heterogeneous small models (mlp, cnn, lenet: one per client)
 HETERO_ROWS = (compare.METHOD, compare.CALIBRATED, compare.ISOLATED, compare.FEDDF)
+
+
+def uses_fm(spec: dict) -> bool:
+    """Whether the row's runs use the FM (a run that does not is the same at every image
+    size): its fusion requires one, or the row configures one (FedDF distils into it)."""
+    fusion = compare._registry().get("fusion", spec["fusion"]).cls
+    return bool(fusion.requires_foundation_model or spec["set"].get("fm"))
 
 
 def plan(per_class: int, image_size: int, tasks: int, rounds: int) -> list[dict]:
@@ -62,14 +67,14 @@ def plan(per_class: int, image_size: int, tasks: int, rounds: int) -> list[dict]
              or (s["label"] in HETERO_ROWS and s["models"] == "heterogeneous")]
     cell = []
     for s in specs:
-        uses_fm = s["fusion"] in FM_FUSIONS
-        where = f"{per_class}/class, {image_size} px" if uses_fm else f"{per_class}/class"
+        fm = uses_fm(s)
+        where = f"{per_class}/class, {image_size} px" if fm else f"{per_class}/class"
         s = {**s, "label": f"{s['label']} [{where}]", "row": s["label"],
-             "per_class": per_class, "image_size": image_size if uses_fm else None}
+             "per_class": per_class, "image_size": image_size if fm else None}
         s["set"] = {**s["set"], "public_fraction": 0.2,
                     "benchmark_options": {**s["set"].get("benchmark_options", {}), **OPTIONS,
                                           "train_per_class": per_class}}
-        if uses_fm:
+        if fm:
             s["set"]["fm_options"] = {**s["set"].get("fm_options", {}),
                                       "image_size": image_size}
         cell.append(s)

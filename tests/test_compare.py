@@ -186,20 +186,22 @@ def test_fm_regime_plans_each_cell_with_its_data_size_and_only_fm_runs_at_its_im
     for s in cell:
         assert s["set"]["benchmark_options"] == {"train_per_class": 20, "test_fraction": 0.03}
         assert s["set"]["public_fraction"] == 0.2 and s["labels"] == regime.LABELS
-        uses_fm = s["fusion"] in regime.FM_FUSIONS
+        uses_fm = regime.uses_fm(s)
         # a run without the FM does not depend on the FM's image size: one run per data size
         assert ("fm_options" in s["set"]) == uses_fm
         assert s["image_size"] == (224 if uses_fm else None)
         if uses_fm:
             assert s["set"]["fm_options"]["image_size"] == 224
+    assert {s["fusion"] for s in cell if regime.uses_fm(s)} == {
+        "one-by-one", "fm-fedavg", "fm-only", "feddf"}
     other = regime.plan(20, 64, tasks=5, rounds=3)
     shared = {compare.run_name("split-fmnist", s, 0) for s in cell} & {
         compare.run_name("split-fmnist", s, 0) for s in other}
     assert shared == {compare.run_name("split-fmnist", s, 0) for s in cell
-                      if s["fusion"] not in regime.FM_FUSIONS}
+                      if not regime.uses_fm(s)}
     # the whole grid: every run once, those without the FM shared by the image sizes
     runs = regime.grid([20, 200], [64, 224], tasks=5, rounds=3)
-    no_fm = [s for s in cell if s["fusion"] not in regime.FM_FUSIONS]
+    no_fm = [s for s in cell if not regime.uses_fm(s)]
     assert len(runs) == 2 * (2 * (len(cell) - len(no_fm)) + len(no_fm))
     assert len({compare.run_name("split-fmnist", s, 0) for s in runs}) == len(runs)
     ceiling = next(s for s in cell if s["row"] == compare.FM_CEILING)
