@@ -9,7 +9,7 @@ import math
 
 import attrs
 
-from fclkit.config import float_in, int_at_least, setting
+from fclkit.config import float_in, int_at_least, one_of, setting
 from fclkit.interfaces import ClientModel
 from fclkit.stream import InputSpec
 
@@ -25,14 +25,28 @@ class MLP(ClientModel):
         layers: int = setting(2, "number of hidden layers", int_at_least(1))
         dropout: float = setting(0.0, "dropout after each hidden layer", float_in(0.0, 1.0,
                                                                                    high_open=True))
+        norm: str = setting(
+            "layer", "normalisation before each hidden ReLU: 'layer' (layer norm) or "
+            "'none' (the plain MLP, which can collapse on 28x28 images at the default "
+            "SGD settings)", one_of("layer", "none"))
 
     def build(self, input_spec: InputSpec, num_classes: int):
+        """Each hidden layer is layer-normalised before its ReLU. The plain ReLU MLP
+        collapsed on Fashion-MNIST with every training image (split-fmnist's default) at
+        the default local settings (SGD lr 0.05, momentum 0.9, batches of 16): in an
+        isolated x replay run (seed 0) it predicted one class from the first task on
+        (10.0 % final accuracy). With 200 images per class it did not (69.3 / 63.5 /
+        67.2 % in seeds 0-2, layer-normalised 72.6 / 64.4 / 72.1; docs/experiments.md);
+        on 8x8 digits neither does. ``norm = "none"`` gives the plain MLP."""
         from torch import nn
 
         width = math.prod(input_spec.shape)
         layers: list = [nn.Flatten()]
         for _ in range(self.options.layers):
-            layers += [nn.Linear(width, self.options.hidden), nn.ReLU()]
+            layers.append(nn.Linear(width, self.options.hidden))
+            if self.options.norm == "layer":
+                layers.append(nn.LayerNorm(self.options.hidden))
+            layers.append(nn.ReLU())
             if self.options.dropout:
                 layers.append(nn.Dropout(self.options.dropout))
             width = self.options.hidden
