@@ -36,8 +36,8 @@ class MLP(ClientModel):
         the default local settings (SGD lr 0.05, momentum 0.9, batches of 16): in an
         isolated x replay run (seed 0) it predicted one class from the first task on
         (10.0 % final accuracy). With 200 images per class it did not (69.3 / 63.5 /
-        67.2 % in seeds 0-2, layer-normalised 72.6 / 64.4 / 72.1; docs/experiments.md);
-        on 8x8 digits neither does. ``norm = "none"`` gives the plain MLP."""
+        67.2 % in seeds 0-2, layer-normalised 72.6 / 64.4 / 72.1; docs/experiments.md).
+        ``norm = "none"`` gives the plain MLP."""
         from torch import nn
 
         width = math.prod(input_spec.shape)
